@@ -1,0 +1,66 @@
+"""The driver: bad input ends in one `error:` line and exit code 2, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "--gin_file=configs/arith/quickstart.gin"
+
+
+def _run(*flags, workdir):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "ttc.main", *flags,
+                         f"--gin.WORKDIR='{workdir}'"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _assert_one_error_line(result, *fragments):
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+def test_unknown_gin_binding(tmp_path):
+  result = _run(QUICK, "--gin.train.no_such_arg=3", workdir=tmp_path)
+  _assert_one_error_line(result, "bad gin config", "no_such_arg")
+
+
+def test_missing_gin_file(tmp_path):
+  result = _run("--gin_file=configs/arith/nope.gin", workdir=tmp_path)
+  _assert_one_error_line(result, "not found", "nope.gin")
+
+
+def test_unknown_flag(tmp_path):
+  result = _run(QUICK, "--steps=3", workdir=tmp_path)
+  _assert_one_error_line(result, "unknown flag")
+
+
+def test_corrupt_checkpoint_directory(tmp_path):
+  step_dir = tmp_path / "checkpoints" / "40"
+  step_dir.mkdir(parents=True)
+  (step_dir / "_CHECKPOINT_METADATA").write_text("{not json")
+  (step_dir / "state").mkdir()
+  (step_dir / "state" / "garbage").write_bytes(b"\x00\x01garbage")
+  result = _run(QUICK, "--gin.run.stages=[@train]", workdir=tmp_path)
+  _assert_one_error_line(result, "checkpoint", "unreadable")
+  assert step_dir.exists()  # nothing the user had is deleted
+
+
+def test_evaluate_without_checkpoint(tmp_path):
+  (tmp_path / "model_config.json").write_text("{}")
+  result = _run(QUICK, "--gin.run.stages=[@evaluate]", workdir=tmp_path)
+  _assert_one_error_line(result, "no checkpoint")
+
+
+@pytest.mark.parametrize("stage, knob", [("train", "num_train_per_level"),
+                                         ("evaluate", "num_eval_per_level")])
+def test_split_with_no_examples(tmp_path, stage, knob):
+  result = _run(QUICK, f"--gin.run.stages=[@{stage}]", f"--gin.register_arith_task.{knob}=0",
+                workdir=tmp_path)
+  _assert_one_error_line(result, "no examples", knob)

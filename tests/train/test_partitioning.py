@@ -1,0 +1,30 @@
+import jax
+import pytest
+
+from ttc.train import partitioning
+
+
+def test_mesh_fills_minus_one_axis():
+  mesh = partitioning.make_mesh(data=-1, fsdp=2, tensor=2)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_mesh_rejects_sizes_that_do_not_multiply_to_device_count():
+  with pytest.raises(ValueError, match="multiply to the device count"):
+    partitioning.make_mesh(data=3, fsdp=1, tensor=1)
+
+
+def test_rules_map_logical_names_to_mesh_axes():
+  mesh = partitioning.make_mesh(2, 2, 2)
+  rules = partitioning.logical_axis_rules()
+  sharding = partitioning.logical_to_sharding(("activation_batch", "embed"), mesh, rules)
+  assert sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+  sharding = partitioning.logical_to_sharding(("embed", "mlp"), mesh, rules)
+  assert sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_rules_can_be_overridden():
+  rules = partitioning.logical_axis_rules([("embed", None), ("mlp", ["data", "tensor"])])
+  mesh = partitioning.make_mesh(2, 2, 2)
+  sharding = partitioning.logical_to_sharding(("embed", "mlp"), mesh, rules)
+  assert sharding.spec == jax.sharding.PartitionSpec(None, ("data", "tensor"))

@@ -1,0 +1,92 @@
+"""The gin driver, in t5x conventions.
+
+    python -m ttc.main --gin_file=configs/arith/quickstart.gin \
+        --gin.WORKDIR="'/tmp/arith'" --gin.train.num_steps=100
+
+`--gin_file` and `--gin.NAME=VALUE` repeat; files are read first, then bindings in
+order. `--gin_search_path` adds directories for `include` and relative gin files
+(the repository root is always searched). The config runs `run.stages` in order,
+each a gin configurable called with the work dir; the resolved config is written to
+`<workdir>/config.gin` before and `<workdir>/operative_config.gin` after.
+"""
+
+import os
+import sys
+
+USAGE = ("usage: python -m ttc.main --gin_file=FILE [--gin_file=FILE ...] "
+         "[--gin.NAME=VALUE ...] [--gin_search_path=DIR ...]")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_flags(argv):
+  """Returns (gin files, gin bindings, search paths); raises ValueError on a bad flag."""
+  files, bindings, paths = [], [], []
+  for arg in argv:
+    if arg in ("-h", "--help"):
+      raise SystemExit(USAGE)
+    name, eq, value = arg.partition("=")
+    if not eq:
+      raise ValueError(f"flag {arg!r} has no value; {USAGE}")
+    if name == "--gin_file":
+      files.append(value)
+    elif name == "--gin_search_path":
+      paths.append(value)
+    elif name == "--gin_bindings":
+      bindings.append(value)
+    elif name.startswith("--gin."):
+      bindings.append(f"{name[len('--gin.'):]} = {value}")
+    else:
+      raise ValueError(f"unknown flag {name!r}; {USAGE}")
+  if not files:
+    raise ValueError(f"no --gin_file given; {USAGE}")
+  return files, bindings, paths
+
+
+def _import_configurables():
+  # Importing registers every configurable a gin file may name.
+  import ttc.data.tasks  # noqa: F401
+  import ttc.evaluate  # noqa: F401
+  import ttc.train.trainer  # noqa: F401
+  import ttc.stages  # noqa: F401
+
+
+def parse_config(files, bindings, paths):
+  import gin
+
+  from ttc.errors import UserError
+  for path in [REPO_ROOT, *paths]:
+    gin.add_config_file_search_path(path)
+  for f in files:
+    if not any(os.path.exists(os.path.join(p, f)) for p in ["", REPO_ROOT, *paths]):
+      raise UserError(f"gin file {f!r} not found (searched ., {REPO_ROOT}, {paths})")
+  try:
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+  except (ValueError, SyntaxError, KeyError, IOError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f"bad gin config: {first} (check --gin_file and --gin.NAME=VALUE; "
+                    "strings need quotes, e.g. --gin.WORKDIR=\"'/tmp/run'\")") from e
+
+
+def main(argv):
+  try:
+    files, bindings, paths = parse_flags(argv)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # seqio's TF: keep its logs quiet
+  from absl import logging
+  from ttc.errors import UserError
+  _import_configurables()
+  logging.set_verbosity(logging.ERROR)  # seqio's advice on caching is noise for this use
+  from ttc import stages
+  try:
+    parse_config(files, bindings, paths)
+    stages.run()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

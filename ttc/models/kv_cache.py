@@ -1,0 +1,58 @@
+"""The functional key/value cache of the decoder.
+
+A cache is an explicit pytree passed into and returned from the model (no Flax
+"cache" collection), so samplers can donate it, fork rows and reorder beams with
+plain array ops.
+
+Every cache slot remembers the *position id* of the token written there, or -1 if
+the slot is empty. Attention masks keys by comparing position ids, which gives, in
+one rule, causality, left padding (pad tokens are written with position -1) and
+rows whose prompts have different lengths.
+"""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ttc.models.config import ModelConfig
+
+EMPTY_POSITION = -1
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of all layers for a batch of sequences.
+
+  Attributes:
+    k: [layers, batch, slots, kv_heads, head_dim] keys, RoPE already applied.
+    v: [layers, batch, slots, kv_heads, head_dim] values.
+    positions: [batch, slots] int32 position id of the token in each slot; -1 = empty.
+    end: [] int32 number of slots written so far (all rows write in lockstep).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+  end: jax.Array
+
+  @property
+  def num_slots(self) -> int:
+    return self.k.shape[2]
+
+  @classmethod
+  def init(cls, config: ModelConfig, batch: int, num_slots: int) -> "KVCache":
+    shape = (config.num_layers, batch, num_slots, config.num_kv_heads, config.head_dim)
+    return cls(
+        k=jnp.zeros(shape, config.activation_dtype),
+        v=jnp.zeros(shape, config.activation_dtype),
+        positions=jnp.full((batch, num_slots), EMPTY_POSITION, jnp.int32),
+        end=jnp.zeros((), jnp.int32),
+    )
+
+
+CACHE_LOGICAL_AXES = KVCache(
+    k=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
+    v=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
+    positions=("cache_batch", "cache_sequence"),
+    end=(),
+)

@@ -1,0 +1,247 @@
+"""Decoder-only transformer of the Llama family: RMSNorm, RoPE, GQA, SwiGLU.
+
+One module serves Llama, Qwen2 (qkv bias) and SmolLM2 (tied embeddings). Every
+parameter and activation carries logical axis names; `ttc.train.partitioning`
+maps them onto the device mesh, so no mesh axis name appears here.
+
+Shape suffixes: B batch, T new tokens, S cache slots (keys), D embed, H query
+heads, K kv heads, G = H // K query heads per kv head, E head dim, F mlp, V vocab.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ttc.models.config import ModelConfig
+from ttc.models.kv_cache import EMPTY_POSITION, KVCache
+
+_init = nn.initializers.normal(stddev=0.02)
+constrain = nn.with_logical_constraint
+
+
+def _param(axes, init=_init):
+  return nn.with_logical_partitioning(init, axes)
+
+
+class Dense(nn.Module):
+  """x @ kernel (+ bias) over the trailing `len(in_shape)` axes of x.
+
+  The kernel is created at its full shape [*in_shape, *features] so its logical axes
+  apply directly (flax's DenseGeneral builds a flat kernel and reshapes it, which
+  breaks sharding constraints on multi-axis kernels).
+  """
+
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  num_in_axes: int = 1
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[x.ndim - self.num_in_axes:]
+    kernel = self.param("kernel", _param(self.kernel_axes), (*in_shape, *self.features),
+                        self.param_dtype)
+    contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract, tuple(range(self.num_in_axes))), ((), ())))
+    if self.use_bias:
+      bias_axes = self.kernel_axes[self.num_in_axes:]
+      bias = self.param("bias", _param(bias_axes, nn.initializers.zeros), self.features,
+                        self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _param(("norm",), nn.initializers.ones), (x.shape[-1],),
+                       self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    # Llama casts back to the activation dtype before scaling; so do we, for parity.
+    return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def apply_rope(x_BxTxNxE, positions_BxT, theta: float):
+  """Rotary embedding in the "rotate half" layout of HF Llama (not interleaved)."""
+  head_dim = x_BxTxNxE.shape[-1]
+  inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles_BxTxE2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  angles_BxTx1xE = jnp.concatenate([angles_BxTxE2, angles_BxTxE2], axis=-1)[:, :, None, :]
+  x32 = x_BxTxNxE.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  out = x32 * jnp.cos(angles_BxTx1xE) + rotated * jnp.sin(angles_BxTx1xE)
+  return out.astype(x_BxTxNxE.dtype)
+
+
+def attention_mask(query_positions_BxT, key_positions_BxS, segment_ids_BxT=None):
+  """[B, T, S] bool: a query sees filled slots at or before its own position.
+
+  segment_ids_BxT (training on packed rows only, where S == T): a query also sees
+  only keys of its own segment.
+  """
+  q = query_positions_BxT[:, :, None]
+  k = key_positions_BxS[:, None, :]
+  mask = (k != EMPTY_POSITION) & (k <= q)
+  if segment_ids_BxT is not None:
+    mask &= segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  return mask
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_cache=None, write_slot=None):
+    """Returns the attention output and, with a cache, the updated (k, v) of this layer.
+
+    kv_cache: optional (k, v), each [B, S, K, E]; the new keys and values are written
+    at slots [write_slot, write_slot + T).
+    """
+    cfg = self.config
+    dense = lambda name, features, axes, num_in_axes=1, use_bias=False: Dense(
+        features, axes, num_in_axes, use_bias, cfg.activation_dtype, cfg.weight_dtype,
+        name=name)
+    q_BxTxHxE = dense("q_proj", (cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"),
+                      use_bias=cfg.qkv_bias)(x_BxTxD)
+    k_BxTxKxE = dense("k_proj", (cfg.num_kv_heads, cfg.head_dim),
+                      ("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias)(x_BxTxD)
+    v_BxTxKxE = dense("v_proj", (cfg.num_kv_heads, cfg.head_dim),
+                      ("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias)(x_BxTxD)
+    q_BxTxHxE = constrain(apply_rope(q_BxTxHxE, positions_BxT, cfg.rope_theta),
+                          ("activation_batch", "activation_length", "activation_heads", None))
+    k_BxTxKxE = apply_rope(k_BxTxKxE, positions_BxT, cfg.rope_theta)
+
+    new_cache = None
+    if kv_cache is None:
+      keys_BxSxKxE, values_BxSxKxE = k_BxTxKxE, v_BxTxKxE
+    else:
+      cache_k, cache_v = kv_cache
+      start = (0, write_slot, 0, 0)
+      keys_BxSxKxE = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxE.astype(cache_k.dtype), start)
+      values_BxSxKxE = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxE.astype(cache_v.dtype),
+                                                    start)
+      new_cache = (keys_BxSxKxE, values_BxSxKxE)
+
+    b, t, h, e = q_BxTxHxE.shape
+    group = h // cfg.num_kv_heads
+    # Heads first: XLA:CPU runs batched matmuls fastest with batch dims leading.
+    q_BxHxTxE = q_BxTxHxE.transpose(0, 2, 1, 3)
+    k_BxHxSxE = jnp.repeat(keys_BxSxKxE.transpose(0, 2, 1, 3), group, axis=1)
+    v_BxHxSxE = jnp.repeat(values_BxSxKxE.transpose(0, 2, 1, 3), group, axis=1)
+    scores_BxHxTxS = jnp.einsum("bhte,bhse->bhts", q_BxHxTxE, k_BxHxSxE,
+                                preferred_element_type=jnp.float32) * (e ** -0.5)
+    # A finite fill keeps fully masked rows (left-padding queries) free of NaN.
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, -1e30)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxHxSxE.dtype)
+    out_BxHxTxE = jnp.einsum("bhts,bhse->bhte", probs_BxHxTxS, v_BxHxSxE)
+    out_BxTxHxE = out_BxHxTxE.transpose(0, 2, 1, 3)
+    out_BxTxD = dense("o_proj", (cfg.embed_dim,), ("q_heads", "head_dim", "embed"),
+                      num_in_axes=2)(out_BxTxHxE)
+    return out_BxTxD, new_cache
+
+
+class MLP(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    cfg = self.config
+    dense = lambda name, features, axes: Dense(
+        (features,), axes, dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, name=name)
+    gate_BxTxF = dense("gate_proj", cfg.mlp_dim, ("embed", "mlp"))(x_BxTxD)
+    up_BxTxF = dense("up_proj", cfg.mlp_dim, ("embed", "mlp"))(x_BxTxD)
+    hidden_BxTxF = constrain(nn.silu(gate_BxTxF) * up_BxTxF,
+                             ("activation_batch", "activation_length", "activation_mlp"))
+    return dense("down_proj", cfg.embed_dim, ("mlp", "embed"))(hidden_BxTxF)
+
+
+class DecoderLayer(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, deterministic, kv_cache=None,
+               write_slot=None):
+    cfg = self.config
+    norm = lambda name: RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name=name)
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+    attn_out, new_cache = Attention(cfg, name="self_attn")(
+        norm("input_layernorm")(x_BxTxD), positions_BxT, mask_BxTxS, kv_cache, write_slot)
+    x_BxTxD = x_BxTxD + drop(attn_out)
+    x_BxTxD = x_BxTxD + drop(MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD)))
+    x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
+    return x_BxTxD, new_cache
+
+
+class Transformer(nn.Module):
+  """The policy/backbone. `__call__` runs T new tokens, with or without a KV cache."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed_tokens = nn.Embed(
+        cfg.vocab_size, cfg.embed_dim, dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype,
+        embedding_init=_param(("vocab", "embed")), name="embed_tokens")
+    self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.norm = RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name="norm")
+    if not cfg.tied_embeddings:
+      self.lm_head = Dense((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.activation_dtype,
+                           param_dtype=cfg.weight_dtype, name="lm_head")
+
+  def hidden_states(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
+                    deterministic: bool = True, segment_ids_BxT=None):
+    """Final-norm hidden states [B, T, D] and the updated cache (None without one).
+
+    positions_BxT: int32 position ids; -1 marks padding that must stay invisible.
+    With a cache the T tokens are written at slots [cache.end, cache.end + T).
+    segment_ids_BxT: for packed training rows (no cache), which example each token is.
+    """
+    x_BxTxD = self.embed_tokens(tokens_BxT)
+    x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
+    if cache is None:
+      mask_BxTxS = attention_mask(positions_BxT, positions_BxT, segment_ids_BxT)
+    else:
+      slot_positions_BxS = jax.lax.dynamic_update_slice(
+          cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end))
+      mask_BxTxS = attention_mask(positions_BxT, slot_positions_BxS)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+      x_BxTxD, updated = layer(x_BxTxD, positions_BxT, mask_BxTxS, deterministic, layer_cache,
+                               None if cache is None else cache.end)
+      if updated is not None:
+        new_k.append(updated[0])
+        new_v.append(updated[1])
+    x_BxTxD = self.norm(x_BxTxD)
+    if cache is None:
+      return x_BxTxD, None
+    new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), positions=slot_positions_BxS,
+                        end=cache.end + tokens_BxT.shape[1])
+    return x_BxTxD, new_cache
+
+  def logits(self, x_BxTxD):
+    """[B, T, V] float32 next-token logits from final hidden states."""
+    if self.config.tied_embeddings:
+      logits = self.embed_tokens.attend(x_BxTxD)
+    else:
+      logits = self.lm_head(x_BxTxD)
+    logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits.astype(jnp.float32)
+
+  def __call__(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
+               deterministic: bool = True, segment_ids_BxT=None):
+    """Returns ([B, T, V] float32 logits, updated cache or None)."""
+    x_BxTxD, new_cache = self.hidden_states(tokens_BxT, positions_BxT, cache, deterministic,
+                                            segment_ids_BxT)
+    return self.logits(x_BxTxD), new_cache

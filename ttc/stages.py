@@ -1,0 +1,31 @@
+"""`run`: the top-level configurable that calls each configured stage on one work dir."""
+
+import os
+
+import gin
+
+from ttc.errors import UserError
+
+
+@gin.configurable
+def run(workdir: str = gin.REQUIRED, stages=gin.REQUIRED, distributed: bool = False):
+  """Calls each stage (a gin configurable such as `@train` or `@evaluate`) in order.
+
+  distributed: call `jax.distributed.initialize()` first (one process per host on a
+  TPU pod or multi-node GPU job; the cluster is detected from the environment).
+  """
+  if distributed:
+    import jax
+    jax.distributed.initialize()
+  if not workdir:
+    raise UserError("run.workdir is empty; set --gin.WORKDIR=\"'path'\"")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.gin"), "w") as f:
+    f.write(gin.config_str())
+  for stage in stages:
+    if not callable(stage):
+      raise UserError(f"run.stages entry {stage!r} is not a configurable; write @train, "
+                      "@evaluate, ...")
+    stage(workdir=workdir)
+  with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
