@@ -64,3 +64,18 @@ def test_split_with_no_examples(tmp_path, stage, knob):
   result = _run(QUICK, f"--gin.run.stages=[@{stage}]", f"--gin.register_arith_task.{knob}=0",
                 workdir=tmp_path)
   _assert_one_error_line(result, "no examples", knob)
+
+
+def test_quickstart_pipeline_end_to_end_in_miniature(tmp_path):
+  """The README's main job with a few steps: trains, checkpoints, evaluates, writes configs."""
+  result = _run(QUICK, "--gin.train.num_steps=6", "--gin.train.checkpoint_every=3",
+                "--gin.evaluate.max_problems_per_level=1", "--gin.evaluate.batch_size=16",
+                "--gin.evaluate.max_new_tokens=8", workdir=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "pass@16" in result.stdout and "level_5" in result.stdout
+  results = __import__("json").loads((tmp_path / "eval_test.json").read_text())
+  assert results["step"] == 6 and results["results"]["overall"]["problems"] == 5
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["3", "6"]
+  operative = (tmp_path / "operative_config.gin").read_text()
+  assert "train.num_steps = 6" in operative

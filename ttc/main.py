@@ -77,13 +77,16 @@ def main(argv):
   from absl import logging
   from ttc.errors import UserError
   _import_configurables()
-  logging.set_verbosity(logging.ERROR)  # seqio's advice on caching is noise for this use
+  # Libraries log advice (seqio on caching) and errors we re-raise as one line (orbax on
+  # unreadable metadata); the driver's own `error:` line is what the user should see.
+  logging.set_verbosity(logging.FATAL)
   from ttc import stages
   try:
     parse_config(files, bindings, paths)
     stages.run()
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    # gin appends "In call to configurable ..." lines; the first line is the message.
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 2
   return 0
 

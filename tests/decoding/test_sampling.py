@@ -23,12 +23,13 @@ def policy():
 
 
 def _greedy_reference(model, params, prompt, steps):
-  """Re-runs the full forward over the growing sequence: no cache, no padding."""
+  """Full forward (no cache, no padding) over a fixed buffer; causality hides the tail."""
+  forward = jax.jit(lambda p, t: model.apply(p, t, jnp.arange(t.shape[1])[None])[0])
   seq = list(prompt)
   out = []
   for _ in range(steps):
-    logits, _ = model.apply(params, jnp.array([seq]), jnp.arange(len(seq))[None])
-    token = int(jnp.argmax(logits[0, -1]))
+    buffer = jnp.array([seq + [0] * (len(prompt) + steps - len(seq))])
+    token = int(jnp.argmax(forward(params, buffer)[0, len(seq) - 1]))
     out.append(token)
     if token == EOS:
       break
@@ -52,17 +53,23 @@ def test_greedy_matches_full_forward_for_prompts_of_different_lengths(policy):
 
 def test_rows_stop_at_eos_and_pad_after(policy):
   model, params = policy
-  # Make EOS overwhelmingly likely: scale up the lm_head column of EOS.
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x.at[:, EOS].add(50.0) if "lm_head" in jax.tree_util.keystr(path) else x,
-      params)
-  tokens, lengths = sampling.left_pad([[5, 6], [7]], 4)
-  out, logprobs, out_lengths = sampling.sample(
-      model, params, tokens, lengths, jax.random.key(0), jnp.float32(1.0),
-      max_new_tokens=5, eos_id=EOS)
-  assert out[:, 0].tolist() == [EOS, EOS]
-  assert np.all(np.asarray(out[:, 1:]) == 0) and out_lengths.tolist() == [1, 1]
-  assert np.all(np.asarray(logprobs[:, 1:]) == 0)
+  tokens, lengths = sampling.left_pad([[5, 6], [7], [8, 9, 10]], 4)
+  greedy = lambda eos: [np.asarray(x) for x in sampling.sample(
+      model, params, tokens, lengths, jax.random.key(0), jnp.float32(0.0),
+      max_new_tokens=8, eos_id=eos)]
+  free, _, free_lengths = greedy(-1)  # no token is EOS: every row runs to the limit
+  assert free_lengths.tolist() == [8, 8, 8]
+  # Declare as EOS a token that row 0 first emits at some step j > 0.
+  j = next(j for j in range(1, 8) if free[0, j] not in free[0, :j])
+  eos = int(free[0, j])
+  out, logprobs, out_lengths = greedy(eos)
+  for row in range(3):
+    hits = np.flatnonzero(free[row] == eos)
+    length = int(hits[0]) + 1 if hits.size else 8
+    assert out_lengths[row] == length
+    np.testing.assert_array_equal(out[row, :length], free[row, :length])
+    assert np.all(out[row, length:] == 0) and np.all(logprobs[row, length:] == 0)
+  assert out_lengths[0] == j + 1
 
 
 def test_temperature_sampling_is_seeded_and_varies_with_seed(policy):

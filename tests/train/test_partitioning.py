@@ -17,7 +17,8 @@ def test_mesh_rejects_sizes_that_do_not_multiply_to_device_count():
 def test_rules_map_logical_names_to_mesh_axes():
   mesh = partitioning.make_mesh(2, 2, 2)
   rules = partitioning.logical_axis_rules()
-  sharding = partitioning.logical_to_sharding(("activation_batch", "embed"), mesh, rules)
+  sharding = partitioning.logical_to_sharding(("activation_batch", "activation_length"), mesh,
+                                              rules)
   assert sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
   sharding = partitioning.logical_to_sharding(("embed", "mlp"), mesh, rules)
   assert sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")

@@ -53,9 +53,12 @@ def test_train_step_on_8_device_mesh_matches_one_device():
   eight, eight_metrics, placed = _one_step(partitioning.make_mesh(2, 2, 2))
   kernel = placed.params["params"]["layers_0"]["mlp"]["up_proj"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  # Tolerance: float32, only the order of cross-device sums differs.
+  # Loss and gradient agree to float32 reduction-order noise (rtol 1e-5). Parameters get
+  # atol 1e-4 = 1% of the learning rate: Adam divides by sqrt(v), which turns that noise in
+  # near-zero gradients into update differences of up to a few 1e-5.
   np.testing.assert_allclose(eight_metrics["loss"], one_metrics["loss"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
+  np.testing.assert_allclose(eight_metrics["grad_norm"], one_metrics["grad_norm"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=0),
                eight.params, one.params)
   # The step did something: parameters moved away from their initialisation.
   assert one_metrics["grad_norm"] > 0

@@ -71,17 +71,21 @@ class RMSNorm(nn.Module):
     return normed.astype(self.dtype) * scale.astype(self.dtype)
 
 
-def apply_rope(x_BxTxNxE, positions_BxT, theta: float):
-  """Rotary embedding in the "rotate half" layout of HF Llama (not interleaved)."""
-  head_dim = x_BxTxNxE.shape[-1]
+def rope_angles(positions_BxT, head_dim: int, theta: float):
+  """(cos, sin), each [B, T, 1, head_dim] float32: computed once, shared by all layers."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
   angles_BxTxE2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
   angles_BxTx1xE = jnp.concatenate([angles_BxTxE2, angles_BxTxE2], axis=-1)[:, :, None, :]
+  return jnp.cos(angles_BxTx1xE), jnp.sin(angles_BxTx1xE)
+
+
+def apply_rope(x_BxTxNxE, rope):
+  """Rotary embedding in the "rotate half" layout of HF Llama (not interleaved)."""
+  cos, sin = rope
   x32 = x_BxTxNxE.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  out = x32 * jnp.cos(angles_BxTx1xE) + rotated * jnp.sin(angles_BxTx1xE)
-  return out.astype(x_BxTxNxE.dtype)
+  return (x32 * cos + rotated * sin).astype(x_BxTxNxE.dtype)
 
 
 def attention_mask(query_positions_BxT, key_positions_BxS, segment_ids_BxT=None):
@@ -102,9 +106,10 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv_cache=None, write_slot=None):
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, kv_cache=None, write_slot=None):
     """Returns the attention output and, with a cache, the updated (k, v) of this layer.
 
+    rope: (cos, sin) of the new tokens' positions, from `rope_angles`.
     kv_cache: optional (k, v), each [B, S, K, E]; the new keys and values are written
     at slots [write_slot, write_slot + T).
     """
@@ -118,9 +123,9 @@ class Attention(nn.Module):
                       ("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias)(x_BxTxD)
     v_BxTxKxE = dense("v_proj", (cfg.num_kv_heads, cfg.head_dim),
                       ("embed", "kv_heads", "head_dim"), use_bias=cfg.qkv_bias)(x_BxTxD)
-    q_BxTxHxE = constrain(apply_rope(q_BxTxHxE, positions_BxT, cfg.rope_theta),
+    q_BxTxHxE = constrain(apply_rope(q_BxTxHxE, rope),
                           ("activation_batch", "activation_length", "activation_heads", None))
-    k_BxTxKxE = apply_rope(k_BxTxKxE, positions_BxT, cfg.rope_theta)
+    k_BxTxKxE = apply_rope(k_BxTxKxE, rope)
 
     new_cache = None
     if kv_cache is None:
@@ -170,13 +175,13 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, deterministic, kv_cache=None,
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, deterministic, kv_cache=None,
                write_slot=None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
     attn_out, new_cache = Attention(cfg, name="self_attn")(
-        norm("input_layernorm")(x_BxTxD), positions_BxT, mask_BxTxS, kv_cache, write_slot)
+        norm("input_layernorm")(x_BxTxD), rope, mask_BxTxS, kv_cache, write_slot)
     x_BxTxD = x_BxTxD + drop(attn_out)
     x_BxTxD = x_BxTxD + drop(MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD)))
     x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
@@ -215,10 +220,11 @@ class Transformer(nn.Module):
       slot_positions_BxS = jax.lax.dynamic_update_slice(
           cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end))
       mask_BxTxS = attention_mask(positions_BxT, slot_positions_BxS)
+    rope = rope_angles(positions_BxT, self.config.head_dim, self.config.rope_theta)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-      x_BxTxD, updated = layer(x_BxTxD, positions_BxT, mask_BxTxS, deterministic, layer_cache,
+      x_BxTxD, updated = layer(x_BxTxD, rope, mask_BxTxS, deterministic, layer_cache,
                                None if cache is None else cache.end)
       if updated is not None:
         new_k.append(updated[0])

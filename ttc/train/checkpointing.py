@@ -12,18 +12,19 @@ import orbax.checkpoint as ocp
 from ttc.errors import UserError
 
 
-def manager(directory: str, save_every: int, keep: int) -> ocp.CheckpointManager:
+def manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  """The trainer decides when to save; the manager keeps the newest `keep`."""
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every, max_to_keep=keep, create=True,
+      max_to_keep=keep, create=True,
       # Saving synchronously keeps "the last step on disk" well defined at kill -9.
       enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, batches_consumed: int, force=False):
-  return mngr.save(step, args=ocp.args.Composite(
+def save(mngr: ocp.CheckpointManager, step: int, state, batches_consumed: int):
+  mngr.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave({"batches_consumed": int(batches_consumed)})), force=force)
+      data=ocp.args.JsonSave({"batches_consumed": int(batches_consumed)})))
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state):

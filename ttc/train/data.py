@@ -3,6 +3,7 @@
 import gin
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from ttc.errors import UserError
 
@@ -32,6 +33,10 @@ def train_batches(task_name: str, batch_size: int, inputs_length: int, targets_l
         feature_converter=FEATURE_CONVERTER)
   except ValueError as e:  # e.g. an empty or unknown split, raised by the task's source
     raise UserError(str(e).splitlines()[0]) from e
+  options = tf.data.Options()
+  # One host thread is plenty for these batches; more would steal cores from XLA.
+  options.threading.private_threadpool_size = 1
   ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch).prefetch(2)
+  ds = ds.with_options(options)
   for batch in ds.as_numpy_iterator():
     yield {k: np.asarray(batch[k]) for k in KEYS}

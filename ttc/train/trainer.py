@@ -114,8 +114,7 @@ def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQU
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # Checkpoint: restore the latest, or initialise.
-    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), checkpoint_every,
-                                 keep_checkpoints)
+    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"), keep_checkpoints)
     restored = checkpointing.restore_latest(mngr, abstract)
     if restored is None:
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
@@ -156,8 +155,8 @@ def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQU
           progress.set_postfix(loss=f"{metrics['loss']:.3f}",
                                tok_s=f"{metrics['tokens_per_s']:.0f}")
           tokens_since, time_since = 0, time.perf_counter()
-        checkpointing.save(mngr, step + 1, state, batches_consumed,
-                           force=step + 1 == num_steps)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == num_steps:
+          checkpointing.save(mngr, step + 1, state, batches_consumed)
         progress.update(1)
     progress.close()
     mngr.wait_until_finished()
