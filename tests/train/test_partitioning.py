@@ -29,3 +29,18 @@ def test_rules_can_be_overridden():
   mesh = partitioning.make_mesh(2, 2, 2)
   sharding = partitioning.logical_to_sharding(("embed", "mlp"), mesh, rules)
   assert sharding.spec == jax.sharding.PartitionSpec(None, ("data", "tensor"))
+
+
+def test_gin_rules_table_matches_the_library_default():
+  """configs/partitioning/default.gin spells out DEFAULT_RULES; they must not drift apart."""
+  import os
+
+  import gin
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  with gin.unlock_config():
+    gin.clear_config()
+    gin.parse_config_file(os.path.join(repo, "configs/partitioning/default.gin"))
+    try:
+      assert partitioning.logical_axis_rules() == partitioning.DEFAULT_RULES
+    finally:
+      gin.clear_config()
