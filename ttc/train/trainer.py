@@ -5,6 +5,7 @@ data, compiled step, loop. Resuming after kill -9 restores parameters, optimizer
 state, step and data position, so the result equals an uninterrupted run.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import optax
 import tqdm
 
+from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc.train import checkpointing, data, optimizer, partitioning
@@ -110,7 +112,7 @@ def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQU
   abstract, shardings, init = abstract_state(model, tx, mesh, rules)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(model_config.__dict__, f, indent=1)
+    json.dump(dataclasses.asdict(model_config), f, indent=1)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # Checkpoint: restore the latest, or initialise.
@@ -125,9 +127,13 @@ def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQU
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     _truncate_metrics(metrics_path, start_step)
 
-    # Data, from where the checkpoint left off.
-    batches = data.train_batches(task_name, batch_size, inputs_length, targets_length, seed,
-                                 start_batch=batches_consumed)
+    # Data, from where the checkpoint left off. Each host reads its own shard of the
+    # global batch; the shards are assembled into one array over the mesh.
+    if batch_size % jax.process_count():
+      raise UserError(f"train.batch_size={batch_size} must divide by the "
+                      f"{jax.process_count()} hosts")
+    batches = data.train_batches(task_name, batch_size // jax.process_count(), inputs_length,
+                                 targets_length, seed, start_batch=batches_consumed)
     batch_sharding = partitioning.logical_to_sharding(
         ("activation_batch", "activation_length"), mesh, rules)
 
@@ -143,9 +149,10 @@ def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQU
     with open(metrics_path, "a") as metrics_file:
       for step in range(start_step, num_steps):
         batch = next(batches)
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch))
         batches_consumed += 1
-        tokens_since += int((batch["decoder_segment_ids"] > 0).sum())  # non-pad
+        tokens_since += int((batch["decoder_segment_ids"] > 0).sum()) * jax.process_count()
         if (step + 1) % log_every == 0 or step + 1 == num_steps:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           elapsed = time.perf_counter() - time_since
