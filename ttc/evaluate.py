@@ -13,7 +13,7 @@ import numpy as np
 import tqdm
 
 from ttc.data import arith, tasks, vocab
-from ttc.decoding import sampling
+from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
@@ -64,6 +64,8 @@ def evaluate(workdir: str, task_name: str = gin.REQUIRED, split: str = "test",
 
   Returns {"overall": {...}, "level_1": {...}, ...} with pass@k for each k in `ks`.
   max_problems_per_level: 0 = all problems of the split.
+  batch_size: sampled rows per step: batch_size // num_samples problems (at least one),
+    each prefilled once and shared by its num_samples rows.
   """
   try:
     problems = tasks.problems_for(task_name, split)
@@ -81,18 +83,22 @@ def evaluate(workdir: str, task_name: str = gin.REQUIRED, split: str = "test",
   char_vocab = vocab.CharVocabulary()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     model, params, step = load_policy(workdir, mesh, rules)
-    prompts = [tasks.encode_prompt(p.prompt) for p in problems for _ in range(num_samples)]
+    prompts = [tasks.encode_prompt(p.prompt) for p in problems]
+    problems_per_batch = max(1, batch_size // num_samples)
     texts = []
     rng = jax.random.key(seed)
-    for start in tqdm.trange(0, len(prompts), batch_size, desc=f"sample {split}", disable=None):
-      chunk = prompts[start:start + batch_size]
-      chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
+    for start in tqdm.trange(0, len(prompts), problems_per_batch, desc=f"sample {split}",
+                             disable=None):
+      chunk = prompts[start:start + problems_per_batch]
+      chunk = chunk + [chunk[-1]] * (problems_per_batch - len(chunk))  # one compiled shape
       tokens, lengths = sampling.left_pad(chunk, inputs_length)
-      out, _, _ = sampling.sample(model, params, tokens, lengths, jax.random.fold_in(rng, start),
-                                  jnp.float32(temperature), max_new_tokens=max_new_tokens,
-                                  eos_id=vocab.EOS_ID)
-      texts.extend(char_vocab.decode(row.tolist()) for row in np.asarray(out))
-  texts = texts[:len(prompts)]
+      out = sampling.sample_n(model, params, tokens, lengths, jax.random.fold_in(rng, start),
+                              samplers.Temperature(jnp.float32(temperature)),
+                              num_samples=num_samples, max_new_tokens=max_new_tokens,
+                              eos_id=vocab.EOS_ID)
+      # Rows are problem-major: num_samples consecutive rows per problem.
+      texts.extend(char_vocab.decode(row.tolist()) for row in np.asarray(out.tokens_BxG))
+  texts = texts[:len(problems) * num_samples]
 
   correct = collections.defaultdict(list)  # level -> correct counts per problem
   records = []

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ttc.decoding import sampling
+from ttc.decoding import samplers, sampling
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc.train import partitioning
@@ -41,9 +41,10 @@ def test_greedy_matches_full_forward_for_prompts_of_different_lengths(policy):
   model, params = policy
   prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]]
   tokens, lengths = sampling.left_pad(prompts, 8)
-  out, logprobs, out_lengths = sampling.sample(
+  result = sampling.sample(
       model, params, tokens, lengths, jax.random.key(0), jnp.float32(0.0),
       max_new_tokens=6, eos_id=EOS)
+  out, logprobs, out_lengths = result.tokens_BxG, result.logprobs_BxG, result.lengths_B
   for row, prompt in enumerate(prompts):
     expected = _greedy_reference(model, params, prompt, 6)
     assert out[row, :len(expected)].tolist() == expected
@@ -54,9 +55,10 @@ def test_greedy_matches_full_forward_for_prompts_of_different_lengths(policy):
 def test_rows_stop_at_eos_and_pad_after(policy):
   model, params = policy
   tokens, lengths = sampling.left_pad([[5, 6], [7], [8, 9, 10]], 4)
-  greedy = lambda eos: [np.asarray(x) for x in sampling.sample(
-      model, params, tokens, lengths, jax.random.key(0), jnp.float32(0.0),
-      max_new_tokens=8, eos_id=eos)]
+  def greedy(eos):
+    r = sampling.sample(model, params, tokens, lengths, jax.random.key(0), jnp.float32(0.0),
+                        max_new_tokens=8, eos_id=eos)
+    return np.asarray(r.tokens_BxG), np.asarray(r.logprobs_BxG), np.asarray(r.lengths_B)
   free, _, free_lengths = greedy(-1)  # no token is EOS: every row runs to the limit
   assert free_lengths.tolist() == [8, 8, 8]
   # Declare as EOS a token that row 0 first emits at some step j > 0.
@@ -77,7 +79,7 @@ def test_temperature_sampling_is_seeded_and_varies_with_seed(policy):
   tokens, lengths = sampling.left_pad([[5, 6, 7]] * 8, 4)
   draw = lambda seed: np.asarray(sampling.sample(
       model, params, tokens, lengths, jax.random.key(seed), jnp.float32(1.0),
-      max_new_tokens=8, eos_id=EOS)[0])
+      max_new_tokens=8, eos_id=EOS).tokens_BxG)
   np.testing.assert_array_equal(draw(1), draw(1))
   assert not np.array_equal(draw(1), draw(2))
 
@@ -93,8 +95,78 @@ def test_sampling_on_8_device_mesh_matches_one_device(policy):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       outs.append(np.asarray(sampling.sample(
           model, jax.device_put(params, shardings), tokens, lengths, jax.random.key(7),
-          jnp.float32(1.0), max_new_tokens=8, eos_id=EOS)[0]))
+          jnp.float32(1.0), max_new_tokens=8, eos_id=EOS).tokens_BxG))
   np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_stop_tokens_and_row_budgets_set_stop_reasons(policy):
+  model, params = policy
+  tokens, lengths = sampling.left_pad([[5, 6], [7], [8, 9, 10]], 4)
+  run = lambda **kw: sampling.sample(model, params, tokens, lengths, jax.random.key(0),
+                                     samplers.Greedy(), max_new_tokens=8, **kw)
+  free = np.asarray(run(eos_id=-1).tokens_BxG)
+  delimiter = int(free[0, 2])  # row 0 emits it at step <= 2
+  r = run(eos_id=-1, stop_ids=(delimiter,), max_new_tokens_B=jnp.array([8, 8, 3]))
+  expected_len_0 = int(np.flatnonzero(free[0] == delimiter)[0]) + 1
+  assert int(r.lengths_B[0]) == expected_len_0
+  assert int(r.stop_reason_B[0]) == sampling.StopReason.STOP_TOKEN
+  hits = np.flatnonzero(free[2] == delimiter)
+  length_2 = min(3, int(hits[0]) + 1) if hits.size else 3
+  assert int(r.lengths_B[2]) == length_2
+  if not hits.size or hits[0] >= 3:
+    assert int(r.stop_reason_B[2]) == sampling.StopReason.MAX_NEW_TOKENS
+  for row in range(3):
+    n = int(r.lengths_B[row])
+    np.testing.assert_array_equal(np.asarray(r.tokens_BxG)[row, :n], free[row, :n])
+    assert np.all(np.asarray(r.tokens_BxG)[row, n:] == 0)
+
+
+def test_sample_n_greedy_equals_sample_on_replicated_prompts(policy):
+  model, params = policy
+  prompts, n = [[5, 6, 7], [8, 9, 10, 11, 12]], 3
+  tokens, lengths = sampling.left_pad(prompts, 6)
+  shared = sampling.sample_n(model, params, tokens, lengths, jax.random.key(0),
+                             samplers.Greedy(), num_samples=n, max_new_tokens=6, eos_id=EOS)
+  rep_tokens, rep_lengths = sampling.left_pad([p for p in prompts for _ in range(n)], 6)
+  alone = sampling.sample(model, params, rep_tokens, rep_lengths, jax.random.key(0),
+                          samplers.Greedy(), max_new_tokens=6, eos_id=EOS)
+  np.testing.assert_array_equal(shared.tokens_BxG, alone.tokens_BxG)
+  np.testing.assert_array_equal(shared.lengths_B, alone.lengths_B)
+  np.testing.assert_array_equal(shared.stop_reason_B, alone.stop_reason_B)
+  np.testing.assert_allclose(shared.logprobs_BxG, alone.logprobs_BxG, atol=1e-5, rtol=1e-5)
+
+
+MODEL_CALLS = []  # (batch, new tokens) of every model call, recorded at trace time
+
+
+class _CallRecordingTransformer(Transformer):
+  def __call__(self, tokens_BxT, positions_BxT, *args, **kwargs):
+    MODEL_CALLS.append(tokens_BxT.shape)
+    return super().__call__(tokens_BxT, positions_BxT, *args, **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_sample_n_prefills_once_and_caches_p_plus_n_g_positions(policy, n):
+  _, params = policy
+  model = _CallRecordingTransformer(CONFIG)
+  prompt_len, new_tokens = 7, 5
+  tokens, lengths = sampling.left_pad([[5, 6, 7, 8, 9]], prompt_len)
+  MODEL_CALLS.clear()
+  samples, prefix, suffix = sampling.sample_n(
+      model, params, tokens, lengths, jax.random.key(0), jnp.float32(1.0), num_samples=n,
+      max_new_tokens=new_tokens, eos_id=-1, return_caches=True)
+  # Every prompt token goes through the model in exactly one call on the 1 prompt row;
+  # all other calls decode one token per sample.
+  assert [c for c in MODEL_CALLS if c[1] > 1] == [(1, prompt_len)]
+  assert {c for c in MODEL_CALLS if c[1] == 1} == {(n, 1)}
+  per_position = CONFIG.num_layers * CONFIG.num_kv_heads * CONFIG.head_dim
+  for keys_or_values in [prefix.k, prefix.v, suffix.k, suffix.v]:
+    assert keys_or_values.size % per_position == 0
+  cached_positions = (prefix.k.size + suffix.k.size) // per_position
+  assert cached_positions == prompt_len + n * new_tokens
+  assert prefix.v.size + suffix.v.size == prefix.k.size + suffix.k.size
+  assert samples.tokens_BxG.shape == (n, new_tokens)
+  assert np.all(np.asarray(samples.lengths_B) == new_tokens)
 
 
 def test_prompt_longer_than_bucket_is_rejected():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ttc.models.config import ModelConfig
-from ttc.models.kv_cache import EMPTY_POSITION, KVCache
+from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 from ttc.models.transformer import Transformer
 from ttc.train import partitioning
 
@@ -90,3 +90,30 @@ def test_param_count_and_flops_formula_agree_with_the_tree():
   matmul = sum(x.size for path, x in leaves
                if x.ndim > 1 and "embed_tokens" not in jax.tree_util.keystr(path))
   assert matmul == CONFIG.num_matmul_params()
+
+
+def test_shared_prefix_cache_matches_one_cache_per_row():
+  """Rows (q, n) = prompt q + their own continuation; the prompt is cached once per q."""
+  num_prompts, n, prompt_len, length = 2, 3, 5, 12
+  model, params, _, _ = _setup()
+  prompts = jax.random.randint(jax.random.key(2), (num_prompts, prompt_len), 0, 32)
+  rows = num_prompts * n
+  continuations = jax.random.randint(jax.random.key(3), (rows, length - prompt_len), 0, 32)
+  full_tokens = jnp.concatenate([jnp.repeat(prompts, n, axis=0), continuations], axis=1)
+  full, _ = model.apply(params, full_tokens, jnp.broadcast_to(jnp.arange(length), (rows, length)))
+
+  prompt_cache = KVCache.init(CONFIG, num_prompts, prompt_len)
+  _, prompt_cache = model.apply(params, prompts, jnp.broadcast_to(jnp.arange(prompt_len),
+                                                                  (num_prompts, prompt_len)),
+                                prompt_cache)
+  prefix = PrefixCache.from_cache(prompt_cache)
+  suffix = KVCache.init(CONFIG, rows, length - prompt_len)
+  positions = jnp.broadcast_to(jnp.arange(length), (rows, length))
+  pieces = []
+  for start, stop in [(5, 8), (8, 9), (9, 12)]:  # a multi-token chunk, then one token, ...
+    logits, suffix = model.apply(params, full_tokens[:, start:stop], positions[:, start:stop],
+                                 suffix, prefix=prefix)
+    pieces.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full[:, prompt_len:], atol=TOL,
+                             rtol=TOL)
+  assert prefix.k.shape[1:3] == (num_prompts, prompt_len)  # stored once per prompt

@@ -3,17 +3,51 @@
 Prompts share a batch by left padding: pad slots get position id -1 and stay
 invisible to attention, real tokens get positions 0..len-1, so every row decodes
 its next token at the same cache slot but at its own position.
+
+Two entry points share one decode loop (`_decode`), which reaches the model only
+through a `step(tokens_B, positions_B, cache) -> (logits_BxV, cache)` callback:
+  * `sample`: one row per prompt, one cache of P + G slots per row.
+  * `sample_n`: N rows per prompt. The prompts are prefilled once into a shared
+    `PrefixCache` of P slots per prompt; each row owns only a G-slot suffix cache,
+    so N samples of a P-token prompt cost P + N * G cache positions, not N * (P + G).
 """
 
+import enum
 import functools
+from typing import Callable, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc.models.kv_cache import EMPTY_POSITION, KVCache
+from ttc.decoding import samplers
+from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 from ttc.models.transformer import Transformer
+
+
+class StopReason(enum.IntEnum):
+  """Why a row stopped (values of `Samples.stop_reason_B`)."""
+
+  EOS = 1  # emitted `eos_id` (kept as its last token)
+  STOP_TOKEN = 2  # emitted one of `stop_ids`, e.g. a reasoning-step delimiter (kept)
+  MAX_NEW_TOKENS = 3  # ran out of its token budget
+
+
+@flax.struct.dataclass
+class Samples:
+  """Output of `sample` / `sample_n`; G = max_new_tokens.
+
+  tokens_BxG: int32 generated tokens, the stop token included, pad_id after it.
+  logprobs_BxG: float32 log-probability of each token under the sampler (0 for pad).
+  lengths_B: int32 tokens generated per row, the stop token included.
+  stop_reason_B: int32 `StopReason` of each row.
+  """
+
+  tokens_BxG: jax.Array
+  logprobs_BxG: jax.Array
+  lengths_B: jax.Array
+  stop_reason_B: jax.Array
 
 
 @flax.struct.dataclass
@@ -22,10 +56,11 @@ class SamplingState:
   cache: KVCache
   next_logits_BxV: jax.Array  # float32 logits for the token about to be sampled
   next_position_B: jax.Array  # int32 position id of that token
-  tokens_BxG: jax.Array  # int32 generated tokens, pad after a row's EOS
+  tokens_BxG: jax.Array  # int32 generated tokens, pad after a row stops
   logprobs_BxG: jax.Array  # float32 log-probability of each generated token (0 for pad)
-  done_B: jax.Array  # bool row has emitted EOS
-  lengths_B: jax.Array  # int32 tokens generated per row, EOS included
+  done_B: jax.Array  # bool row has stopped
+  lengths_B: jax.Array  # int32 tokens generated per row, stop token included
+  stop_reason_B: jax.Array  # int32 StopReason, 0 while running
   rng: jax.Array
 
 
@@ -41,61 +76,148 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int = 0):
   return tokens, np.array([len(p) for p in prompts], np.int32)
 
 
-def _pick(logits_BxV, rng, temperature):
-  """Samples at `temperature` (a traced scalar; 0 means greedy). Returns tokens, logprobs."""
-  greedy = temperature <= 0
-  scaled = logits_BxV / jnp.where(greedy, 1.0, temperature)
-  sampled = jax.random.categorical(rng, scaled, axis=-1)
-  token_B = jnp.where(greedy, jnp.argmax(logits_BxV, axis=-1), sampled).astype(jnp.int32)
-  logprobs_BxV = jax.nn.log_softmax(scaled, axis=-1)
-  return token_B, jnp.take_along_axis(logprobs_BxV, token_B[:, None], axis=-1)[:, 0]
+def prefill(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, num_slots: int):
+  """Runs left-padded prompts through the model once.
 
-
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id", "pad_id"))
-def sample(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, rng, temperature,
-           *, max_new_tokens: int, eos_id: int, pad_id: int = 0):
-  """Samples up to `max_new_tokens` per row, stopping each row at EOS.
-
-  Args:
-    prompt_tokens_BxP: int32 left-padded prompts (see `left_pad`).
-    prompt_lengths_B: int32 real prompt lengths.
-    temperature: float scalar array; 0 = greedy. An array, so changing it does not
-      recompile.
-  Returns:
-    tokens [B, G] int32 (pad after EOS, EOS included), logprobs [B, G] float32,
-    lengths [B] int32 generated tokens including EOS.
+  Returns ([B, V] float32 logits for each row's first new token, a KVCache of
+  `num_slots` >= P slots with the prompts in slots [0, P)).
   """
   batch, prompt_len = prompt_tokens_BxP.shape
   pad_B = prompt_len - prompt_lengths_B
   slots_P = jnp.arange(prompt_len)
   positions_BxP = jnp.where(slots_P[None] >= pad_B[:, None], slots_P[None] - pad_B[:, None],
                             EMPTY_POSITION)
-  cache = KVCache.init(model.config, batch, prompt_len + max_new_tokens)
+  cache = KVCache.init(model.config, batch, num_slots)
   logits_BxPxV, cache = model.apply(params, prompt_tokens_BxP, positions_BxP, cache)
+  # Left padding puts every row's last prompt token in the last slot.
+  return logits_BxPxV[:, -1], cache
 
+
+StepFn = Callable[[jax.Array, jax.Array, KVCache], tuple[jax.Array, KVCache]]
+
+
+def _decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rng,
+            sampler: samplers.Sampler, max_new_tokens: int, eos_id: int,
+            stop_ids: tuple[int, ...], pad_id: int, max_new_tokens_B) -> tuple[Samples, KVCache]:
+  """The decode loop: sample, record, stop rows, feed the token back; exits once all rows stop.
+
+  Returns the samples and the final cache (G slots past the prompt's were written).
+  """
+  batch = first_logits_BxV.shape[0]
+  budget_B = jnp.full((batch,), max_new_tokens, jnp.int32)
+  if max_new_tokens_B is not None:
+    budget_B = jnp.minimum(budget_B, max_new_tokens_B.astype(jnp.int32))
+  stop_ids_S = jnp.asarray(tuple(stop_ids) or (-1,), jnp.int32)  # -1 matches no token
   state = SamplingState(
-      step=jnp.zeros((), jnp.int32), cache=cache, next_logits_BxV=logits_BxPxV[:, -1],
-      next_position_B=prompt_lengths_B.astype(jnp.int32),
+      step=jnp.zeros((), jnp.int32), cache=cache, next_logits_BxV=first_logits_BxV,
+      next_position_B=first_position_B.astype(jnp.int32),
       tokens_BxG=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
       logprobs_BxG=jnp.zeros((batch, max_new_tokens), jnp.float32),
-      done_B=jnp.zeros((batch,), bool), lengths_B=jnp.zeros((batch,), jnp.int32), rng=rng)
+      done_B=budget_B <= 0, lengths_B=jnp.zeros((batch,), jnp.int32),
+      stop_reason_B=jnp.where(budget_B <= 0, StopReason.MAX_NEW_TOKENS, 0).astype(jnp.int32),
+      rng=rng)
 
   def cond(s: SamplingState):
     return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
 
   def body(s: SamplingState):
     rng, key = jax.random.split(s.rng)
-    token_B, logprob_B = _pick(s.next_logits_BxV, key, temperature)
+    token_B, logprob_B = sampler(s.next_logits_BxV, key)
     token_B = jnp.where(s.done_B, pad_id, token_B)
     logprob_B = jnp.where(s.done_B, 0.0, logprob_B)
-    logits_Bx1xV, cache = model.apply(params, token_B[:, None], s.next_position_B[:, None],
-                                      s.cache)
+    lengths_B = s.lengths_B + ~s.done_B
+    reason_B = jnp.where(jnp.any(token_B[:, None] == stop_ids_S, axis=-1),
+                         StopReason.STOP_TOKEN, 0)
+    reason_B = jnp.where(token_B == eos_id, StopReason.EOS, reason_B)
+    reason_B = jnp.where((reason_B == 0) & (lengths_B >= budget_B), StopReason.MAX_NEW_TOKENS,
+                         reason_B)
+    reason_B = jnp.where(s.done_B, s.stop_reason_B, reason_B).astype(jnp.int32)
+    logits_BxV, cache = step(token_B, s.next_position_B, s.cache)
     return SamplingState(
-        step=s.step + 1, cache=cache, next_logits_BxV=logits_Bx1xV[:, 0],
+        step=s.step + 1, cache=cache, next_logits_BxV=logits_BxV,
         next_position_B=s.next_position_B + 1,
         tokens_BxG=s.tokens_BxG.at[:, s.step].set(token_B),
         logprobs_BxG=s.logprobs_BxG.at[:, s.step].set(logprob_B),
-        done_B=s.done_B | (token_B == eos_id), lengths_B=s.lengths_B + ~s.done_B, rng=rng)
+        done_B=reason_B > 0, lengths_B=lengths_B, stop_reason_B=reason_B, rng=rng)
 
   final = jax.lax.while_loop(cond, body, state)
-  return final.tokens_BxG, final.logprobs_BxG, final.lengths_B
+  return Samples(tokens_BxG=final.tokens_BxG, logprobs_BxG=final.logprobs_BxG,
+                 lengths_B=final.lengths_B, stop_reason_B=final.stop_reason_B), final.cache
+
+
+_STATIC = ("model", "max_new_tokens", "eos_id", "stop_ids", "pad_id")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def sample(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, rng, sampler,
+           *, max_new_tokens: int, eos_id: int, stop_ids: tuple[int, ...] = (),
+           pad_id: int = 0, max_new_tokens_B: Optional[jax.Array] = None) -> Samples:
+  """Samples up to `max_new_tokens` per row, stopping each row at EOS or a stop token.
+
+  Args:
+    prompt_tokens_BxP: int32 left-padded prompts (see `left_pad`).
+    prompt_lengths_B: int32 real prompt lengths.
+    sampler: a `samplers.Greedy` / `samplers.Temperature`, or a temperature (float
+      scalar array, 0 = greedy). Its array fields are traced: changing them does not
+      recompile.
+    eos_id: end of sequence; -1 for none.
+    stop_ids: further token ids that end a row (e.g. a step delimiter); static.
+    max_new_tokens_B: optional int32 per-row budget (<= max_new_tokens).
+  Returns:
+    `Samples` with G = max_new_tokens.
+  """
+  sampler = samplers.as_sampler(sampler)
+  batch, prompt_len = prompt_tokens_BxP.shape
+  first_logits_BxV, cache = prefill(model, params, prompt_tokens_BxP, prompt_lengths_B,
+                                    prompt_len + max_new_tokens)
+
+  def step(token_B, position_B, cache):
+    logits_Bx1xV, cache = model.apply(params, token_B[:, None], position_B[:, None], cache)
+    return logits_Bx1xV[:, 0], cache
+
+  samples, _ = _decode(step, cache, first_logits_BxV, prompt_lengths_B, rng, sampler,
+                       max_new_tokens, eos_id, stop_ids, pad_id, max_new_tokens_B)
+  return samples
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("num_samples", "return_caches"))
+def sample_n(model: Transformer, params, prompt_tokens_QxP, prompt_lengths_Q, rng, sampler,
+             *, num_samples: int, max_new_tokens: int, eos_id: int,
+             stop_ids: tuple[int, ...] = (), pad_id: int = 0,
+             max_new_tokens_B: Optional[jax.Array] = None, return_caches: bool = False):
+  """`num_samples` continuations of each of Q prompts, sharing each prompt's cache.
+
+  The prompts are prefilled once ([Q, P] tokens, one forward pass) into a
+  `PrefixCache` of Q * P slots; the B = Q * num_samples rows decode into their own
+  suffix caches of G = max_new_tokens slots and attend to [prefix ; suffix] under one
+  softmax, so the result equals `sample` on each prompt repeated num_samples times.
+
+  Args:
+    prompt_tokens_QxP, prompt_lengths_Q: left-padded prompts, as for `sample`.
+    num_samples: N rows per prompt; rows are prompt-major (row b is prompt b // N).
+    return_caches: also return (prefix cache, final suffix cache), for tests and
+      for continuing the rows.
+    The rest as for `sample`; max_new_tokens_B is per row, [B].
+  Returns:
+    `Samples` over B = Q * N rows [, PrefixCache, KVCache].
+  """
+  sampler = samplers.as_sampler(sampler)
+  num_prompts, prompt_len = prompt_tokens_QxP.shape
+  first_logits_QxV, prompt_cache = prefill(model, params, prompt_tokens_QxP, prompt_lengths_Q,
+                                           prompt_len)
+  prefix = PrefixCache.from_cache(prompt_cache)
+  # Only the [Q, V] logits and [Q] positions are repeated, never the prefix keys.
+  first_logits_BxV = jnp.repeat(first_logits_QxV, num_samples, axis=0)
+  first_position_B = jnp.repeat(prompt_lengths_Q, num_samples, axis=0)
+  suffix = KVCache.init(model.config, num_prompts * num_samples, max_new_tokens)
+
+  def step(token_B, position_B, cache):
+    logits_Bx1xV, cache = model.apply(params, token_B[:, None], position_B[:, None], cache,
+                                      prefix=prefix)
+    return logits_Bx1xV[:, 0], cache
+
+  samples, suffix = _decode(step, suffix, first_logits_BxV, first_position_B, rng, sampler,
+                            max_new_tokens, eos_id, stop_ids, pad_id, max_new_tokens_B)
+  if return_caches:
+    return samples, prefix, suffix
+  return samples

@@ -56,3 +56,43 @@ CACHE_LOGICAL_AXES = KVCache(
     positions=("cache_batch", "cache_sequence"),
     end=(),
 )
+
+
+@flax.struct.dataclass
+class PrefixCache:
+  """Read-only keys and values of prompts shared by several sampled rows.
+
+  Sampling N continuations of one prompt stores the prompt's keys once: decode row
+  b (of B = prompts * N rows, prompt-major) attends to prefix row b // N plus its own
+  rows of the ordinary `KVCache` (the suffix). The number of samples per prompt is
+  not stored; it is B // prompts, read from the decode batch.
+
+  Attributes:
+    k: [layers, prompts, slots, kv_heads, head_dim] keys, RoPE already applied.
+    v: [layers, prompts, slots, kv_heads, head_dim] values.
+    positions: [prompts, slots] int32 position id per slot; -1 = empty (left padding).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+
+  @property
+  def num_prompts(self) -> int:
+    return self.k.shape[1]
+
+  @property
+  def num_slots(self) -> int:
+    return self.k.shape[2]
+
+  @classmethod
+  def from_cache(cls, cache: KVCache) -> "PrefixCache":
+    """Freezes a prefilled cache (its slots all written) into a shared prefix."""
+    return cls(k=cache.k, v=cache.v, positions=cache.positions)
+
+
+PREFIX_CACHE_LOGICAL_AXES = PrefixCache(
+    k=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
+    v=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
+    positions=("cache_batch", "cache_sequence"),
+)

@@ -5,7 +5,8 @@ parameter and activation carries logical axis names; `ttc.train.partitioning`
 maps them onto the device mesh, so no mesh axis name appears here.
 
 Shape suffixes: B batch, T new tokens, S cache slots (keys), D embed, H query
-heads, K kv heads, G = H // K query heads per kv head, E head dim, F mlp, V vocab.
+heads, K kv heads, G = H // K query heads per kv head, E head dim, F mlp, V vocab;
+with a shared prefix cache: Q prompts, N = B // Q rows per prompt, P prefix slots.
 """
 
 from typing import Optional
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ttc.models.config import ModelConfig
-from ttc.models.kv_cache import EMPTY_POSITION, KVCache
+from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 
 _init = nn.initializers.normal(stddev=0.02)
 constrain = nn.with_logical_constraint
@@ -106,12 +107,17 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, rope, mask_BxTxS, kv_cache=None, write_slot=None):
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, kv_cache=None, write_slot=None,
+               prefix_kv=None, prefix_mask_BxTxP=None):
     """Returns the attention output and, with a cache, the updated (k, v) of this layer.
 
     rope: (cos, sin) of the new tokens' positions, from `rope_angles`.
     kv_cache: optional (k, v), each [B, S, K, E]; the new keys and values are written
     at slots [write_slot, write_slot + T).
+    prefix_kv: optional read-only (k, v), each [Q, P, K, E], shared by the N = B // Q
+    consecutive rows of each prompt; those rows attend to their prompt's P prefix
+    keys and to their own S keys under one softmax. prefix_mask_BxTxP says which
+    prefix slots each query sees.
     """
     cfg = self.config
     dense = lambda name, features, axes, num_in_axes=1, use_bias=False: Dense(
@@ -148,12 +154,46 @@ class Attention(nn.Module):
                                 preferred_element_type=jnp.float32) * (e ** -0.5)
     # A finite fill keeps fully masked rows (left-padding queries) free of NaN.
     scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, -1e30)
-    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxHxSxE.dtype)
-    out_BxHxTxE = jnp.einsum("bhts,bhse->bhte", probs_BxHxTxS, v_BxHxSxE)
-    out_BxTxHxE = out_BxHxTxE.transpose(0, 2, 1, 3)
+    if prefix_kv is None:
+      probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxHxSxE.dtype)
+      out_BxHxTxE = jnp.einsum("bhts,bhse->bhte", probs_BxHxTxS, v_BxHxSxE)
+      out_BxTxHxE = out_BxHxTxE.transpose(0, 2, 1, 3)
+    else:
+      out_BxTxHxE = _attend_with_prefix(q_BxTxHxE, scores_BxHxTxS, v_BxHxSxE, prefix_kv,
+                                        prefix_mask_BxTxP)
     out_BxTxD = dense("o_proj", (cfg.embed_dim,), ("q_heads", "head_dim", "embed"),
                       num_in_axes=2)(out_BxTxHxE)
     return out_BxTxD, new_cache
+
+
+def _attend_with_prefix(q_BxTxHxE, suffix_scores_BxHxTxS, suffix_v_BxHxSxE, prefix_kv,
+                        prefix_mask_BxTxP):
+  """Attention over [prefix keys of the row's prompt ; the row's own suffix keys].
+
+  The prefix is read per prompt by splitting the batch into [Q, N] instead of
+  repeating its keys N times, so its memory stays Q * P slots whatever N is. One
+  softmax over the concatenated scores is exactly the softmax over the keys a single
+  cache of P + S slots would hold (and in the same order). Returns [B, T, H, E].
+  """
+  prefix_k_QxPxKxE, prefix_v_QxPxKxE = prefix_kv
+  b, t, h, e = q_BxTxHxE.shape
+  nq, p, kv_heads, _ = prefix_k_QxPxKxE.shape
+  n, group = b // nq, h // kv_heads
+  # Query head h uses kv head h // group (the order of `jnp.repeat` above): split H as [K, G].
+  q_QxNxTxKxGxE = q_BxTxHxE.reshape(nq, n, t, kv_heads, group, e)
+  prefix_scores = jnp.einsum("qntkge,qpke->qnkgtp", q_QxNxTxKxGxE, prefix_k_QxPxKxE,
+                             preferred_element_type=jnp.float32) * (e ** -0.5)
+  prefix_scores_BxHxTxP = prefix_scores.reshape(b, h, t, p)
+  prefix_scores_BxHxTxP = jnp.where(prefix_mask_BxTxP[:, None], prefix_scores_BxHxTxP, -1e30)
+  scores_BxHxTx_PS = jnp.concatenate([prefix_scores_BxHxTxP, suffix_scores_BxHxTxS], axis=-1)
+  probs_BxHxTx_PS = jax.nn.softmax(scores_BxHxTx_PS, axis=-1).astype(suffix_v_BxHxSxE.dtype)
+  prefix_probs_BxHxTxP, suffix_probs_BxHxTxS = jnp.split(probs_BxHxTx_PS, [p], axis=-1)
+  prefix_out = jnp.einsum("qnkgtp,qpke->qntkge",
+                          prefix_probs_BxHxTxP.reshape(nq, n, kv_heads, group, t, p),
+                          prefix_v_QxPxKxE.astype(suffix_v_BxHxSxE.dtype))
+  prefix_out_BxTxHxE = prefix_out.reshape(b, t, h, e)
+  suffix_out_BxHxTxE = jnp.einsum("bhts,bhse->bhte", suffix_probs_BxHxTxS, suffix_v_BxHxSxE)
+  return prefix_out_BxTxHxE + suffix_out_BxHxTxE.transpose(0, 2, 1, 3)
 
 
 class MLP(nn.Module):
@@ -176,12 +216,13 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD, rope, mask_BxTxS, deterministic, kv_cache=None,
-               write_slot=None):
+               write_slot=None, prefix_kv=None, prefix_mask_BxTxP=None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
     attn_out, new_cache = Attention(cfg, name="self_attn")(
-        norm("input_layernorm")(x_BxTxD), rope, mask_BxTxS, kv_cache, write_slot)
+        norm("input_layernorm")(x_BxTxD), rope, mask_BxTxS, kv_cache, write_slot, prefix_kv,
+        prefix_mask_BxTxP)
     x_BxTxD = x_BxTxD + drop(attn_out)
     x_BxTxD = x_BxTxD + drop(MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD)))
     x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
@@ -205,13 +246,21 @@ class Transformer(nn.Module):
                            param_dtype=cfg.weight_dtype, name="lm_head")
 
   def hidden_states(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
-                    deterministic: bool = True, segment_ids_BxT=None):
+                    deterministic: bool = True, segment_ids_BxT=None,
+                    prefix: Optional[PrefixCache] = None):
     """Final-norm hidden states [B, T, D] and the updated cache (None without one).
 
     positions_BxT: int32 position ids; -1 marks padding that must stay invisible.
     With a cache the T tokens are written at slots [cache.end, cache.end + T).
     segment_ids_BxT: for packed training rows (no cache), which example each token is.
+    prefix: read-only keys of Q prompts shared by B = Q * N rows (prompt-major); every
+      row also attends to its prompt's prefix slots. Needs `cache` (the rows' own keys).
     """
+    if prefix is not None and cache is None:
+      raise ValueError("a prefix cache needs a KVCache for the new tokens' keys")
+    if prefix is not None and tokens_BxT.shape[0] % prefix.num_prompts:
+      raise ValueError(f"batch {tokens_BxT.shape[0]} is not a multiple of the prefix cache's "
+                       f"{prefix.num_prompts} prompts; use N rows per prompt, prompt-major")
     x_BxTxD = self.embed_tokens(tokens_BxT)
     x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
     if cache is None:
@@ -220,12 +269,21 @@ class Transformer(nn.Module):
       slot_positions_BxS = jax.lax.dynamic_update_slice(
           cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end))
       mask_BxTxS = attention_mask(positions_BxT, slot_positions_BxS)
+    prefix_mask_BxTxP = None
+    if prefix is not None:
+      # Rows of one prompt are consecutive: compare per prompt, never copying its positions.
+      b, t = positions_BxT.shape
+      nq, p = prefix.positions.shape
+      prefix_mask_BxTxP = attention_mask(
+          positions_BxT.reshape(nq, b // nq * t), prefix.positions).reshape(b, t, p)
     rope = rope_angles(positions_BxT, self.config.head_dim, self.config.rope_theta)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+      layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i])
       x_BxTxD, updated = layer(x_BxTxD, rope, mask_BxTxS, deterministic, layer_cache,
-                               None if cache is None else cache.end)
+                               None if cache is None else cache.end, layer_prefix,
+                               prefix_mask_BxTxP)
       if updated is not None:
         new_k.append(updated[0])
         new_v.append(updated[1])
@@ -246,8 +304,9 @@ class Transformer(nn.Module):
     return logits.astype(jnp.float32)
 
   def __call__(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
-               deterministic: bool = True, segment_ids_BxT=None):
-    """Returns ([B, T, V] float32 logits, updated cache or None)."""
+               deterministic: bool = True, segment_ids_BxT=None,
+               prefix: Optional[PrefixCache] = None):
+    """Returns ([B, T, V] float32 logits, updated cache or None); see `hidden_states`."""
     x_BxTxD, new_cache = self.hidden_states(tokens_BxT, positions_BxT, cache, deterministic,
-                                            segment_ids_BxT)
+                                            segment_ids_BxT, prefix)
     return self.logits(x_BxTxD), new_cache
