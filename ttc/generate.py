@@ -1,0 +1,297 @@
+"""Print continuations of prompts from any supported checkpoint, greedy or sampled.
+
+    python -m ttc.generate --checkpoint "$(python -c 'from ttc.models import smollm2; \
+        print(smollm2.gguf_path())')" --prompt "The capital of France is" --max_new_tokens 16
+
+`--checkpoint` is a llama `.gguf` file, a Hugging Face directory (config.json, tokenizer.json,
+*.safetensors), or a ttc work dir (model_config.json + checkpoints/, char vocabulary). All
+prompts share one batch, left-padded to a bucketed length; `--num_samples` continuations of
+each prompt share its prefilled cache (`sampling.sample_n`).
+
+`--json` prints one line per prompt:
+    {"prompt": str, "prompt_ids": [int], "generated_ids": [[int], ...], "texts": [str, ...]}
+one generated_ids list and one text per sample, without padding and without the stop token
+(EOS, or `<|im_end|>` under --chat). Bad input prints one `error:` line and exits 2.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+USAGE_EXAMPLE = 'python -m ttc.generate --checkpoint PATH --prompt "TEXT" [--prompt ...]'
+EVAL_PROMPT_LENGTH = 32  # ttc work dirs: `evaluate.evaluate`'s inputs_length
+MIN_BUCKET = 16  # smallest padded prompt length
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors are one `error:` line and exit 2, like the rest of ttc."""
+
+  def error(self, message):
+    print(f"error: {message} (usage: {USAGE_EXAMPLE}; see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = _Parser(prog="python -m ttc.generate", description=__doc__.split("\n\n")[0])
+  p.add_argument("--checkpoint", required=True,
+                 help="a .gguf file, an HF checkpoint directory, or a ttc work dir")
+  p.add_argument("--prompt", action="append", required=True,
+                 help="prompt text; repeat for several prompts (one batch)")
+  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top_k", type=int, default=0, help="0 = no top-k truncation")
+  p.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus truncation")
+  p.add_argument("--num_samples", type=int, default=1, help="continuations per prompt")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--chat", action="store_true",
+                 help="wrap each prompt as one user message in the tokenizer's chat template")
+  p.add_argument("--json", action="store_true", help="one JSON line per prompt")
+  args = p.parse_args(argv)
+  if args.max_new_tokens < 1:
+    p.error(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+  if args.num_samples < 1:
+    p.error(f"--num_samples must be >= 1, got {args.num_samples}")
+  if args.temperature < 0:
+    p.error(f"--temperature must be >= 0, got {args.temperature}")
+  if args.top_k < 0:
+    p.error(f"--top_k must be >= 0, got {args.top_k}")
+  if not 0 < args.top_p <= 1:
+    p.error(f"--top_p must be in (0, 1], got {args.top_p}")
+  return args
+
+
+@dataclasses.dataclass
+class Checkpoint:
+  """What generation needs from a checkpoint; weights are loaded only by `load_weights`.
+
+  encode(text, chat) -> prompt token ids; decode(ids) -> text.
+  context: the longest prompt + generation the model supports, in tokens (None: unknown).
+  load_weights(mesh, rules) -> (Transformer, {"params": ...}).
+  """
+
+  kind: str  # "gguf" | "hf" | "workdir"
+  encode: Callable[[str, bool], list[int]]
+  decode: Callable[[Sequence[int]], str]
+  eos_id: int  # -1: none
+  stop_ids: tuple[int, ...]  # extra stop ids under --chat
+  context: Optional[int]
+  context_source: str  # the metadata key `context` came from, for error messages
+  load_weights: Callable[[Any, Any], tuple[Any, Any]]
+
+
+def _text_codec(tokenizer, add_bos: Optional[bool]):
+  """(encode, decode, chat stop ids) for a `TextTokenizer`.
+
+  add_bos: GGUF's `tokenizer.ggml.add_bos_token`; None means "let tokenizer.json's
+  post-processor decide" (HF), which `TextTokenizer.encode` would skip.
+  """
+  from ttc.errors import UserError
+
+  def encode(text: str, chat: bool) -> list[int]:
+    if chat:
+      # The template writes its own BOS where the model wants one.
+      text = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                           add_generation_prompt=True)
+      return tokenizer.encode(text)
+    if add_bos is None:
+      return tokenizer.tokenizer.encode(text, add_special_tokens=True).ids
+    if add_bos and tokenizer.bos_id is None:
+      raise UserError("the GGUF metadata asks for a BOS token (tokenizer.ggml.add_bos_token) "
+                      "but defines no bos_token_id")
+    return tokenizer.encode(text, add_bos=add_bos)
+
+  im_end = tokenizer.tokenizer.token_to_id("<|im_end|>")
+  stop_ids = (im_end,) if im_end is not None and im_end != tokenizer.eos_id else ()
+  return encode, tokenizer.decode, stop_ids
+
+
+def open_checkpoint(path: str) -> Checkpoint:
+  """Recognises the checkpoint at `path` and reads its tokenizer and context length."""
+  from ttc.errors import UserError
+  if not os.path.exists(path):
+    raise UserError(f"checkpoint {path} not found; pass a .gguf file, an HF checkpoint "
+                    "directory or a ttc work dir")
+
+  if os.path.isfile(path):
+    if not path.endswith(".gguf"):
+      raise UserError(f"unknown checkpoint kind {path}: a file must be a llama .gguf; "
+                      "directories may be HF checkpoints or ttc work dirs")
+    from ttc.models import gguf_loader, tokenizer as tokenizer_lib
+    reader = gguf_loader.open_gguf(path)
+    gguf_loader.config_from_gguf(reader)  # Refuses non-llama files before weights load.
+    tokenizer = tokenizer_lib.tokenizer_from_gguf(reader)
+    field = reader.get_field("tokenizer.ggml.add_bos_token")
+    add_bos = bool(field.contents()) if field is not None else False
+    field = reader.get_field("llama.context_length")
+    context = int(field.contents()) if field is not None else None
+    del reader
+    encode, decode, stop_ids = _text_codec(tokenizer, add_bos)
+
+    def load_gguf(mesh, rules):
+      from ttc.models.transformer import Transformer
+      config, params, _ = gguf_loader.load_gguf(path, mesh, rules)
+      return Transformer(config), params
+
+    return Checkpoint("gguf", encode, decode,
+                      -1 if tokenizer.eos_id is None else int(tokenizer.eos_id), stop_ids,
+                      context, "llama.context_length", load_gguf)
+
+  if os.path.exists(os.path.join(path, "config.json")):
+    from ttc.models import hf_loader, tokenizer as tokenizer_lib
+    with open(os.path.join(path, "config.json")) as f:
+      try:
+        hf = json.load(f)
+      except json.JSONDecodeError as e:
+        raise UserError(f"cannot parse {path}/config.json ({e}); download it again") from None
+    hf_loader.config_from_hf(hf)  # Refuses unsupported architectures before weights load.
+    tokenizer = tokenizer_lib.tokenizer_from_hf(path)
+    encode, decode, stop_ids = _text_codec(tokenizer, add_bos=None)
+
+    def load_hf(mesh, rules):
+      from ttc.models.transformer import Transformer
+      config, params = hf_loader.load_hf(path, mesh, rules)
+      return Transformer(config), params
+
+    context = hf.get("max_position_embeddings")
+    return Checkpoint("hf", encode, decode,
+                      -1 if tokenizer.eos_id is None else int(tokenizer.eos_id), stop_ids,
+                      None if context is None else int(context), "max_position_embeddings",
+                      load_hf)
+
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    from ttc.data import tasks, vocab  # seqio + TensorFlow: imported only for work dirs.
+    char_vocab = vocab.CharVocabulary()
+
+    def encode(text: str, chat: bool) -> list[int]:
+      if chat:
+        raise UserError("--chat needs a chat template; ttc work dirs have a character "
+                        "vocabulary without one (drop --chat)")
+      return tasks.encode_prompt(text)
+
+    def load_policy(mesh, rules):
+      from ttc import evaluate
+      model, params, _ = evaluate.load_policy(path, mesh, rules)
+      return model, params
+
+    # The context is set per call: the evaluation prompt bucket plus --max_new_tokens.
+    return Checkpoint("workdir", encode, lambda ids: char_vocab.decode(list(ids)),
+                      vocab.EOS_ID, (), None, f"prompt bucket of {EVAL_PROMPT_LENGTH}",
+                      load_policy)
+
+  raise UserError(f"unknown checkpoint kind {path}: a directory needs config.json (Hugging "
+                  "Face) or model_config.json (ttc work dir)")
+
+
+def bucket_length(length: int) -> int:
+  """The padded prompt length: the next power of two, at least MIN_BUCKET.
+
+  Bucketing bounds how many programs repeated calls compile (one per bucket).
+  """
+  bucket = MIN_BUCKET
+  while bucket < length:
+    bucket *= 2
+  return bucket
+
+
+def check_lengths(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                  checkpoint: Checkpoint):
+  """Raises a UserError if a prompt plus its generation does not fit the model's context."""
+  from ttc.errors import UserError
+  context = checkpoint.context
+  if checkpoint.kind == "workdir":
+    context = EVAL_PROMPT_LENGTH + max_new_tokens
+  if context is None:
+    return
+  for i, ids in enumerate(prompt_ids):
+    if len(ids) + max_new_tokens > context:
+      raise UserError(
+          f"prompt {i + 1} has {len(ids)} tokens; with --max_new_tokens {max_new_tokens} that "
+          f"exceeds the model's context of {context} tokens ({checkpoint.context_source}); "
+          "shorten the prompt or lower --max_new_tokens")
+
+
+def generate(model, params, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+             eos_id: int, stop_ids: tuple[int, ...] = (), temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0
+             ) -> list[list[list[int]]]:
+  """Continuations of Q prompts: [Q][num_samples][tokens], each without its stop token.
+
+  The prompts are left-padded to `bucket_length` of the longest and prefilled once.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from ttc.decoding import samplers, sampling
+
+  tokens_QxP, lengths_Q = sampling.left_pad([list(p) for p in prompt_ids],
+                                            bucket_length(max(len(p) for p in prompt_ids)))
+  if temperature == 0:
+    sampler = samplers.Greedy()
+  else:
+    sampler = samplers.Temperature(temperature=jnp.float32(temperature), top_k=top_k,
+                                   top_p=jnp.float32(top_p))
+  out = sampling.sample_n(model, params, tokens_QxP, lengths_Q, jax.random.key(seed), sampler,
+                          num_samples=num_samples, max_new_tokens=max_new_tokens,
+                          eos_id=eos_id, stop_ids=tuple(stop_ids))
+  tokens_BxG = np.asarray(out.tokens_BxG)
+  lengths_B = np.asarray(out.lengths_B)
+  stopped_B = np.isin(np.asarray(out.stop_reason_B),
+                      (sampling.StopReason.EOS, sampling.StopReason.STOP_TOKEN))
+  rows = [tokens_BxG[b, :lengths_B[b] - int(stopped_B[b])].tolist()
+          for b in range(tokens_BxG.shape[0])]
+  # Rows are prompt-major: num_samples consecutive rows per prompt.
+  return [rows[q * num_samples:(q + 1) * num_samples] for q in range(len(prompt_ids))]
+
+
+def run(args: argparse.Namespace, out=sys.stdout):
+  """Loads the checkpoint, generates, prints; raises UserError on bad input."""
+  checkpoint = open_checkpoint(args.checkpoint)
+  prompt_ids = [checkpoint.encode(p, args.chat) for p in args.prompt]
+  check_lengths(prompt_ids, args.max_new_tokens, checkpoint)  # Before minutes of loading.
+
+  import flax.linen as nn
+  import jax
+
+  from ttc.train import partitioning
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  rules = partitioning.logical_axis_rules()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    model, params = checkpoint.load_weights(mesh, rules)
+    generated = generate(model, params, prompt_ids, max_new_tokens=args.max_new_tokens,
+                         eos_id=checkpoint.eos_id,
+                         stop_ids=checkpoint.stop_ids if args.chat else (),
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         num_samples=args.num_samples, seed=args.seed)
+
+  for prompt, ids, samples in zip(args.prompt, prompt_ids, generated):
+    texts = [checkpoint.decode(s) for s in samples]
+    if args.json:
+      print(json.dumps({"prompt": prompt, "prompt_ids": ids, "generated_ids": samples,
+                        "texts": texts}), file=out)
+    else:
+      print(f"=== prompt ({len(ids)} tokens): {prompt!r}", file=out)
+      for i, text in enumerate(texts):
+        if len(texts) > 1:
+          print(f"--- sample {i + 1}/{len(texts)}", file=out)
+        print(text, file=out)
+  out.flush()
+
+
+def main(argv: Sequence[str]) -> int:
+  args = parse_args(argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # work dirs import seqio's TF
+  from ttc.errors import UserError
+  try:
+    run(args)
+  except UserError as e:
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
