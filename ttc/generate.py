@@ -284,12 +284,11 @@ def run(args: argparse.Namespace, out=sys.stdout):
 def main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # work dirs import seqio's TF
-  from ttc.errors import UserError
+  from ttc.errors import UserError, report
   try:
     run(args)
   except UserError as e:
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    return 2
+    return report(e)
   return 0
 
 

@@ -71,11 +71,11 @@ def main(argv):
   try:
     files, bindings, paths = parse_flags(argv)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    from ttc.errors import report
+    return report(e)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # seqio's TF: keep its logs quiet
   from absl import logging
-  from ttc.errors import UserError
+  from ttc.errors import UserError, report
   _import_configurables()
   # Libraries log advice (seqio on caching) and errors we re-raise as one line (orbax on
   # unreadable metadata); the driver's own `error:` line is what the user should see.
@@ -85,9 +85,7 @@ def main(argv):
     parse_config(files, bindings, paths)
     stages.run()
   except UserError as e:
-    # gin appends "In call to configurable ..." lines; the first line is the message.
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    return 2
+    return report(e)
   return 0
 
 

@@ -35,10 +35,6 @@ class KVCache:
   positions: jax.Array
   end: jax.Array
 
-  @property
-  def num_slots(self) -> int:
-    return self.k.shape[2]
-
   @classmethod
   def init(cls, config: ModelConfig, batch: int, num_slots: int) -> "KVCache":
     shape = (config.num_layers, batch, num_slots, config.num_kv_heads, config.head_dim)
@@ -49,13 +45,6 @@ class KVCache:
         end=jnp.zeros((), jnp.int32),
     )
 
-
-CACHE_LOGICAL_AXES = KVCache(
-    k=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
-    v=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
-    positions=("cache_batch", "cache_sequence"),
-    end=(),
-)
 
 
 @flax.struct.dataclass
@@ -81,18 +70,8 @@ class PrefixCache:
   def num_prompts(self) -> int:
     return self.k.shape[1]
 
-  @property
-  def num_slots(self) -> int:
-    return self.k.shape[2]
-
   @classmethod
   def from_cache(cls, cache: KVCache) -> "PrefixCache":
     """Freezes a prefilled cache (its slots all written) into a shared prefix."""
     return cls(k=cache.k, v=cache.v, positions=cache.positions)
 
-
-PREFIX_CACHE_LOGICAL_AXES = PrefixCache(
-    k=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
-    v=("cache_layers", "cache_batch", "cache_sequence", "cache_kv_heads", "cache_head_dim"),
-    positions=("cache_batch", "cache_sequence"),
-)
