@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from ttc import generate
+from ttc.decoding import sampling
 from ttc.errors import UserError
 from ttc.models import smollm2
 
@@ -109,7 +110,7 @@ def _run(argv) -> list[dict]:
 def test_greedy_alone_equals_batched_with_a_longer_prompt(tiny):
   short = "w5 w9 w17"
   long = " ".join(f"w{i}" for i in range(20, 45))  # 25 tokens: a bigger bucket than alone
-  assert generate.bucket_length(3) != generate.bucket_length(25)
+  assert sampling.bucket(3, generate.MIN_BUCKET) != sampling.bucket(25, generate.MIN_BUCKET)
   args = ["--checkpoint", tiny, "--max_new_tokens", "12", "--json"]
   (alone,) = _run(args + ["--prompt", short])
   batched = _run(args + ["--prompt", short, "--prompt", long])

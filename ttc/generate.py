@@ -185,17 +185,6 @@ def open_checkpoint(path: str) -> Checkpoint:
                   "Face) or model_config.json (ttc work dir)")
 
 
-def bucket_length(length: int) -> int:
-  """The padded prompt length: the next power of two, at least MIN_BUCKET.
-
-  Bucketing bounds how many programs repeated calls compile (one per bucket).
-  """
-  bucket = MIN_BUCKET
-  while bucket < length:
-    bucket *= 2
-  return bucket
-
-
 def check_lengths(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                   checkpoint: Checkpoint):
   """Raises a UserError if a prompt plus its generation does not fit the model's context."""
@@ -219,7 +208,7 @@ def generate(model, params, prompt_ids: Sequence[Sequence[int]], *, max_new_toke
              ) -> list[list[list[int]]]:
   """Continuations of Q prompts: [Q][num_samples][tokens], each without its stop token.
 
-  The prompts are left-padded to `bucket_length` of the longest and prefilled once.
+  The prompts are prefilled once, with their count and length padded to buckets.
   """
   import jax
   import jax.numpy as jnp
@@ -227,16 +216,15 @@ def generate(model, params, prompt_ids: Sequence[Sequence[int]], *, max_new_toke
 
   from ttc.decoding import samplers, sampling
 
-  tokens_QxP, lengths_Q = sampling.left_pad([list(p) for p in prompt_ids],
-                                            bucket_length(max(len(p) for p in prompt_ids)))
   if temperature == 0:
     sampler = samplers.Greedy()
   else:
     sampler = samplers.Temperature(temperature=jnp.float32(temperature), top_k=top_k,
                                    top_p=jnp.float32(top_p))
-  out = sampling.sample_n(model, params, tokens_QxP, lengths_Q, jax.random.key(seed), sampler,
-                          num_samples=num_samples, max_new_tokens=max_new_tokens,
-                          eos_id=eos_id, stop_ids=tuple(stop_ids))
+  out = sampling.sample_prompts(model, params, [list(p) for p in prompt_ids],
+                                jax.random.key(seed), sampler, num_samples=num_samples,
+                                max_new_tokens=max_new_tokens, eos_id=eos_id,
+                                stop_ids=tuple(stop_ids), min_prompt_length=MIN_BUCKET)
   tokens_BxG = np.asarray(out.tokens_BxG)
   lengths_B = np.asarray(out.lengths_B)
   stopped_B = np.isin(np.asarray(out.stop_reason_B),

@@ -172,3 +172,40 @@ def test_sample_n_prefills_once_and_caches_p_plus_n_g_positions(policy, n):
 def test_prompt_longer_than_bucket_is_rejected():
   with pytest.raises(ValueError, match="exceeds the prompt length 2"):
     sampling.left_pad([[1, 2, 3]], 2)
+
+
+def test_sample_n_on_8_device_mesh_matches_one_device(policy):
+  model, params = policy
+  tokens, lengths = sampling.left_pad([[5, 6, 7], [8, 9, 10, 11, 12], [3, 4], [7]], 6)
+  run = lambda p: sampling.sample_n(model, p, tokens, lengths, jax.random.key(4),
+                                    samplers.Temperature(temperature=jnp.float32(1.0)),
+                                    num_samples=4, max_new_tokens=10, eos_id=EOS)
+  one = run(params)
+  mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+  rules = partitioning.DEFAULT_RULES
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    _, shardings = partitioning.abstract_params(model, mesh, rules)
+    sharded = jax.device_put(params, shardings)
+    kernel = sharded["params"]["layers_0"]["mlp"]["up_proj"]["kernel"]
+    assert len({str(s.index) for s in kernel.addressable_shards}) > 1  # really split
+    many = run(sharded)
+  np.testing.assert_array_equal(many.tokens_BxG, one.tokens_BxG)
+  np.testing.assert_array_equal(many.lengths_B, one.lengths_B)
+  np.testing.assert_allclose(many.logprobs_BxG, one.logprobs_BxG, atol=1e-5)
+
+
+def test_sample_prompts_compiles_once_per_bucket(policy):
+  model, params = policy
+  draw = lambda prompts: sampling.sample_prompts(
+      model, params, prompts, jax.random.key(0), samplers.Greedy(), num_samples=2,
+      max_new_tokens=4, eos_id=EOS)
+  first = draw([[5, 6, 7], [8, 9]])  # warm: 2 prompts -> bucket 2, lengths -> 16
+  compiled = sampling.sample_n._cache_size()
+  second = draw([[5, 6, 7]])  # 1 prompt -> bucket 1: a new program
+  assert sampling.sample_n._cache_size() == compiled + 1
+  third = draw([[9, 8, 7, 6, 5, 4, 3], [5, 6, 7]])  # same buckets as the first call
+  assert sampling.sample_n._cache_size() == compiled + 1
+  assert first.tokens_BxG.shape == (4, 4) and second.tokens_BxG.shape == (2, 4)
+  # Padding neither changes the real rows nor leaks into them.
+  np.testing.assert_array_equal(second.tokens_BxG, first.tokens_BxG[:2])
+  np.testing.assert_array_equal(third.tokens_BxG[2:], first.tokens_BxG[:2])

@@ -4,7 +4,7 @@ Prompts share a batch by left padding: pad slots get position id -1 and stay
 invisible to attention, real tokens get positions 0..len-1, so every row decodes
 its next token at the same cache slot but at its own position.
 
-Two entry points share one decode loop (`_decode`), which reaches the model only
+Two entry points share one decode loop (`decode`), which reaches the model only
 through a `step(tokens_B, positions_B, cache) -> (logits_BxV, cache)` callback:
   * `sample`: one row per prompt, one cache of P + G slots per row.
   * `sample_n`: N rows per prompt. The prompts are prefilled once into a shared
@@ -96,12 +96,28 @@ def prefill(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, num
 StepFn = Callable[[jax.Array, jax.Array, KVCache], tuple[jax.Array, KVCache]]
 
 
-def _decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rng,
-            sampler: samplers.Sampler, max_new_tokens: int, eos_id: int,
-            stop_ids: tuple[int, ...], pad_id: int, max_new_tokens_B) -> tuple[Samples, KVCache]:
+@flax.struct.dataclass
+class Continuation:
+  """Where each row of a finished decode loop stands, to continue it later.
+
+  next_logits_BxV: float32 logits for the row's next token (after its stop token).
+  next_position_B: int32 position id that token will get.
+  """
+
+  cache: KVCache
+  next_logits_BxV: jax.Array
+  next_position_B: jax.Array
+
+
+def decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rng,
+           sampler: samplers.Sampler, max_new_tokens: int, eos_id: int,
+           stop_ids: tuple[int, ...], pad_id: int, max_new_tokens_B) -> tuple[Samples, Continuation]:
   """The decode loop: sample, record, stop rows, feed the token back; exits once all rows stop.
 
-  Returns the samples and the final cache (G slots past the prompt's were written).
+  A row's stop token is still fed to the model, so its cache and next logits are
+  ready for a later continuation. After that the row idles: its slots are written
+  with position -1 (invisible to attention) and its logits and position are kept.
+  All rows share the write slot, so the cache advances by the longest row's count.
   """
   batch = first_logits_BxV.shape[0]
   budget_B = jnp.full((batch,), max_new_tokens, jnp.int32)
@@ -122,27 +138,32 @@ def _decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rn
 
   def body(s: SamplingState):
     rng, key = jax.random.split(s.rng)
+    active_B = ~s.done_B
     token_B, logprob_B = sampler(s.next_logits_BxV, key)
-    token_B = jnp.where(s.done_B, pad_id, token_B)
-    logprob_B = jnp.where(s.done_B, 0.0, logprob_B)
-    lengths_B = s.lengths_B + ~s.done_B
+    token_B = jnp.where(active_B, token_B, pad_id)
+    logprob_B = jnp.where(active_B, logprob_B, 0.0)
+    lengths_B = s.lengths_B + active_B
     reason_B = jnp.where(jnp.any(token_B[:, None] == stop_ids_S, axis=-1),
                          StopReason.STOP_TOKEN, 0)
     reason_B = jnp.where(token_B == eos_id, StopReason.EOS, reason_B)
     reason_B = jnp.where((reason_B == 0) & (lengths_B >= budget_B), StopReason.MAX_NEW_TOKENS,
                          reason_B)
-    reason_B = jnp.where(s.done_B, s.stop_reason_B, reason_B).astype(jnp.int32)
-    logits_BxV, cache = step(token_B, s.next_position_B, s.cache)
+    reason_B = jnp.where(active_B, reason_B, s.stop_reason_B).astype(jnp.int32)
+    fed_position_B = jnp.where(active_B, s.next_position_B, EMPTY_POSITION)
+    logits_BxV, cache = step(token_B, fed_position_B, s.cache)
     return SamplingState(
-        step=s.step + 1, cache=cache, next_logits_BxV=logits_BxV,
-        next_position_B=s.next_position_B + 1,
+        step=s.step + 1, cache=cache,
+        next_logits_BxV=jnp.where(active_B[:, None], logits_BxV, s.next_logits_BxV),
+        next_position_B=s.next_position_B + active_B,
         tokens_BxG=s.tokens_BxG.at[:, s.step].set(token_B),
         logprobs_BxG=s.logprobs_BxG.at[:, s.step].set(logprob_B),
         done_B=reason_B > 0, lengths_B=lengths_B, stop_reason_B=reason_B, rng=rng)
 
   final = jax.lax.while_loop(cond, body, state)
-  return Samples(tokens_BxG=final.tokens_BxG, logprobs_BxG=final.logprobs_BxG,
-                 lengths_B=final.lengths_B, stop_reason_B=final.stop_reason_B), final.cache
+  samples = Samples(tokens_BxG=final.tokens_BxG, logprobs_BxG=final.logprobs_BxG,
+                    lengths_B=final.lengths_B, stop_reason_B=final.stop_reason_B)
+  return samples, Continuation(cache=final.cache, next_logits_BxV=final.next_logits_BxV,
+                               next_position_B=final.next_position_B)
 
 
 _STATIC = ("model", "max_new_tokens", "eos_id", "stop_ids", "pad_id")
@@ -175,7 +196,7 @@ def sample(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, rng,
     logits_Bx1xV, cache = model.apply(params, token_B[:, None], position_B[:, None], cache)
     return logits_Bx1xV[:, 0], cache
 
-  samples, _ = _decode(step, cache, first_logits_BxV, prompt_lengths_B, rng, sampler,
+  samples, _ = decode(step, cache, first_logits_BxV, prompt_lengths_B, rng, sampler,
                        max_new_tokens, eos_id, stop_ids, pad_id, max_new_tokens_B)
   return samples
 
@@ -216,8 +237,44 @@ def sample_n(model: Transformer, params, prompt_tokens_QxP, prompt_lengths_Q, rn
                                       prefix=prefix)
     return logits_Bx1xV[:, 0], cache
 
-  samples, suffix = _decode(step, suffix, first_logits_BxV, first_position_B, rng, sampler,
-                            max_new_tokens, eos_id, stop_ids, pad_id, max_new_tokens_B)
+  samples, continuation = decode(step, suffix, first_logits_BxV, first_position_B, rng,
+                                 sampler, max_new_tokens, eos_id, stop_ids, pad_id,
+                                 max_new_tokens_B)
   if return_caches:
-    return samples, prefix, suffix
+    return samples, prefix, continuation.cache
   return samples
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+  """The next power of two >= max(n, minimum).
+
+  Padding batch and prompt sizes to buckets bounds how many programs a sweep over
+  many problems compiles: one per (prompt-count bucket, length bucket).
+  """
+  size = max(1, minimum)
+  while size < n:
+    size *= 2
+  return size
+
+
+def sample_prompts(model: Transformer, params, prompts: list[list[int]], rng, sampler, *,
+                   num_samples: int, max_new_tokens: int, eos_id: int,
+                   stop_ids: tuple[int, ...] = (), pad_id: int = 0,
+                   min_prompt_length: int = 16) -> Samples:
+  """`sample_n` on host lists of prompt ids, with shapes bucketed.
+
+  The number of prompts and the prompt length are padded to powers of two (the
+  length to at least `min_prompt_length`); padding prompts get a zero token budget.
+  Returns `Samples` of the real Q * num_samples rows only (prompt-major).
+  """
+  num_prompts = len(prompts)
+  padded = list(prompts) + [[]] * (bucket(num_prompts) - num_prompts)
+  tokens, lengths = left_pad(padded, bucket(max(len(p) for p in prompts), min_prompt_length),
+                             pad_id)
+  real_rows = num_prompts * num_samples
+  budget_B = np.where(np.arange(len(padded) * num_samples) < real_rows, max_new_tokens, 0)
+  out = sample_n(model, params, tokens, lengths, rng, sampler, num_samples=num_samples,
+                 max_new_tokens=max_new_tokens, eos_id=eos_id, stop_ids=tuple(stop_ids),
+                 pad_id=pad_id, max_new_tokens_B=jnp.asarray(budget_B, jnp.int32))
+  return jax.tree.map(lambda x: x[:real_rows], out)
+

@@ -30,8 +30,13 @@ class ModelConfig:
   dropout_rate: float = 0.0
   dtype: str = "float32"  # activations
   param_dtype: str = "float32"
+  # "int8": weight-only int8 kernels and embeddings with float scales per output
+  # channel (inference; convert a float checkpoint with quantization.quantize_params).
+  quantization: str = "none"
 
   def __post_init__(self):
+    if self.quantization not in ("none", "int8"):
+      raise ValueError(f"quantization must be 'none' or 'int8', got {self.quantization!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")

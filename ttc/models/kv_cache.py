@@ -45,6 +45,15 @@ class KVCache:
         end=jnp.zeros((), jnp.int32),
     )
 
+  @property
+  def num_slots(self) -> int:
+    return self.positions.shape[1]
+
+  def take_rows(self, rows_B: jax.Array) -> "KVCache":
+    """The cache whose row b is this cache's row rows_B[b]: forks (repeated rows) and
+    reorders beams in one gather. rows_B: int32 [B'] source rows."""
+    return self.replace(k=jnp.take(self.k, rows_B, axis=1), v=jnp.take(self.v, rows_B, axis=1),
+                        positions=jnp.take(self.positions, rows_B, axis=0))
 
 
 @flax.struct.dataclass

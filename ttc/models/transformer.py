@@ -9,6 +9,7 @@ heads, K kv heads, G = H // K query heads per kv head, E head dim, F mlp, V voca
 with a shared prefix cache: Q prompts, N = B // Q rows per prompt, P prefix slots.
 """
 
+import math
 from typing import Optional
 
 import flax.linen as nn
@@ -27,11 +28,16 @@ def _param(axes, init=_init):
 
 
 class Dense(nn.Module):
-  """x @ kernel (+ bias) over the trailing `len(in_shape)` axes of x.
+  """x @ kernel (+ bias) over the trailing `num_in_axes` axes of x.
 
   The kernel is created at its full shape [*in_shape, *features] so its logical axes
   apply directly (flax's DenseGeneral builds a flat kernel and reshapes it, which
   breaks sharding constraints on multi-axis kernels).
+
+  quantization="int8" stores the kernel output-major as int8 with a float32 `scale`
+  per output feature (weight-only; see `ttc.models.quantization`): the int8 -> float
+  convert fuses into the matmul, so a small-batch decode step reads a quarter of the
+  bytes.
   """
 
   features: tuple[int, ...]
@@ -40,21 +46,77 @@ class Dense(nn.Module):
   use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  quantization: str = "none"
 
   @nn.compact
   def __call__(self, x):
     in_shape = x.shape[x.ndim - self.num_in_axes:]
-    kernel = self.param("kernel", _param(self.kernel_axes), (*in_shape, *self.features),
-                        self.param_dtype)
+    in_axes, out_axes = self.kernel_axes[:self.num_in_axes], self.kernel_axes[self.num_in_axes:]
     contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contract, tuple(range(self.num_in_axes))), ((), ())))
+    if self.quantization == "int8":
+      # Output-major [*features, *in_shape], like torch's Linear: with one row per
+      # prompt, XLA:CPU turns the matmul into a reduction along contiguous int8 rows
+      # with the convert fused in, reading each weight byte once.
+      kernel = self.param("kernel", _param(out_axes + in_axes, _int8_init),
+                          (*self.features, *in_shape), jnp.int8)
+      # As one 2-D matmul [rows, in] x [out, in]^T: the form XLA:CPU fuses with the convert.
+      out_size, in_size = math.prod(self.features), math.prod(in_shape)
+      x_2d = x.reshape(-1, in_size).astype(self.dtype)
+      y = jnp.dot(x_2d, kernel.reshape(out_size, in_size).astype(self.dtype).T)
+      y = y.reshape(*x.shape[:x.ndim - self.num_in_axes], *self.features)
+      y = y * self.param("scale", _param(out_axes, nn.initializers.ones), self.features,
+                         jnp.float32).astype(self.dtype)
+    else:
+      kernel = self.param("kernel", _param(self.kernel_axes), (*in_shape, *self.features),
+                          self.param_dtype)
+      y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                              ((contract, tuple(range(self.num_in_axes))), ((), ())))
     if self.use_bias:
-      bias_axes = self.kernel_axes[self.num_in_axes:]
-      bias = self.param("bias", _param(bias_axes, nn.initializers.zeros), self.features,
+      bias = self.param("bias", _param(out_axes, nn.initializers.zeros), self.features,
                         self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
+
+
+def _int8_init(key, shape, dtype):
+  """Placeholder values: int8 weights come from `quantization.quantize_params`."""
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding [V, D]; `attend` is the tied output projection x @ embedding.T.
+
+  quantization="int8": int8 rows with a float32 `scale` per row (= per vocabulary
+  entry), which serves both the lookup and the tied output projection.
+  """
+
+  vocab_size: int
+  embed_dim: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  quantization: str = "none"
+
+  def setup(self):
+    int8 = self.quantization == "int8"
+    self.embedding = self.param(
+        "embedding", _param(("vocab", "embed"), _int8_init if int8 else _init),
+        (self.vocab_size, self.embed_dim), jnp.int8 if int8 else self.param_dtype)
+    if int8:
+      self.scale = self.param("scale", _param(("vocab",), nn.initializers.ones),
+                              (self.vocab_size,), jnp.float32)
+
+  def __call__(self, tokens_BxT):
+    x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0).astype(self.dtype)
+    if self.quantization == "int8":
+      x_BxTxD = x_BxTxD * jnp.take(self.scale, tokens_BxT, axis=0)[..., None].astype(self.dtype)
+    return x_BxTxD
+
+  def attend(self, x_BxTxD):
+    logits = jnp.dot(x_BxTxD.astype(self.dtype), self.embedding.astype(self.dtype).T)
+    if self.quantization == "int8":
+      logits = logits * self.scale.astype(self.dtype)
+    return logits
 
 
 class RMSNorm(nn.Module):
@@ -107,13 +169,15 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, rope, mask_BxTxS, kv_cache=None, write_slot=None,
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, kv_cache=None, layer=None, write_slot=None,
                prefix_kv=None, prefix_mask_BxTxP=None):
-    """Returns the attention output and, with a cache, the updated (k, v) of this layer.
+    """Returns the attention output and, with a cache, the updated (k, v) of all layers.
 
     rope: (cos, sin) of the new tokens' positions, from `rope_angles`.
-    kv_cache: optional (k, v), each [B, S, K, E]; the new keys and values are written
-    at slots [write_slot, write_slot + T).
+    kv_cache: optional (k, v) of *all* layers, each [L, B, S, K, E]; this layer's new
+    keys and values are written at [layer, :, write_slot : write_slot + T]. Updating
+    the stacked arrays (not a per-layer copy that is re-stacked) lets XLA write in
+    place, so a decode step moves T slots of memory, not the whole cache.
     prefix_kv: optional read-only (k, v), each [Q, P, K, E], shared by the N = B // Q
     consecutive rows of each prompt; those rows attend to their prompt's P prefix
     keys and to their own S keys under one softmax. prefix_mask_BxTxP says which
@@ -122,7 +186,7 @@ class Attention(nn.Module):
     cfg = self.config
     dense = lambda name, features, axes, num_in_axes=1, use_bias=False: Dense(
         features, axes, num_in_axes, use_bias, cfg.activation_dtype, cfg.weight_dtype,
-        name=name)
+        cfg.quantization, name=name)
     q_BxTxHxE = dense("q_proj", (cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"),
                       use_bias=cfg.qkv_bias)(x_BxTxD)
     k_BxTxKxE = dense("k_proj", (cfg.num_kv_heads, cfg.head_dim),
@@ -138,35 +202,33 @@ class Attention(nn.Module):
       keys_BxSxKxE, values_BxSxKxE = k_BxTxKxE, v_BxTxKxE
     else:
       cache_k, cache_v = kv_cache
-      start = (0, write_slot, 0, 0)
-      keys_BxSxKxE = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxE.astype(cache_k.dtype), start)
-      values_BxSxKxE = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxE.astype(cache_v.dtype),
-                                                    start)
-      new_cache = (keys_BxSxKxE, values_BxSxKxE)
+      start = (layer, 0, write_slot, 0, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxE[None].astype(cache_k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxE[None].astype(cache_v.dtype), start)
+      keys_BxSxKxE, values_BxSxKxE = cache_k[layer], cache_v[layer]
+      new_cache = (cache_k, cache_v)
 
     b, t, h, e = q_BxTxHxE.shape
-    group = h // cfg.num_kv_heads
-    # Heads first: XLA:CPU runs batched matmuls fastest with batch dims leading.
-    q_BxHxTxE = q_BxTxHxE.transpose(0, 2, 1, 3)
-    k_BxHxSxE = jnp.repeat(keys_BxSxKxE.transpose(0, 2, 1, 3), group, axis=1)
-    v_BxHxSxE = jnp.repeat(values_BxSxKxE.transpose(0, 2, 1, 3), group, axis=1)
-    scores_BxHxTxS = jnp.einsum("bhte,bhse->bhts", q_BxHxTxE, k_BxHxSxE,
-                                preferred_element_type=jnp.float32) * (e ** -0.5)
+    kv_heads = cfg.num_kv_heads
+    # Query head h reads kv head h // G: split H as [K, G] instead of repeating keys G times.
+    q_BxTxKxGxE = q_BxTxHxE.reshape(b, t, kv_heads, h // kv_heads, e)
+    scores_BxKxGxTxS = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, keys_BxSxKxE,
+                                  preferred_element_type=jnp.float32) * (e ** -0.5)
     # A finite fill keeps fully masked rows (left-padding queries) free of NaN.
-    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, -1e30)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
     if prefix_kv is None:
-      probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxHxSxE.dtype)
-      out_BxHxTxE = jnp.einsum("bhts,bhse->bhte", probs_BxHxTxS, v_BxHxSxE)
-      out_BxTxHxE = out_BxHxTxE.transpose(0, 2, 1, 3)
+      probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(values_BxSxKxE.dtype)
+      out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, values_BxSxKxE)
+      out_BxTxHxE = out_BxTxKxGxE.reshape(b, t, h, e)
     else:
-      out_BxTxHxE = _attend_with_prefix(q_BxTxHxE, scores_BxHxTxS, v_BxHxSxE, prefix_kv,
-                                        prefix_mask_BxTxP)
+      out_BxTxHxE = _attend_with_prefix(q_BxTxKxGxE, scores_BxKxGxTxS, values_BxSxKxE,
+                                        prefix_kv, prefix_mask_BxTxP)
     out_BxTxD = dense("o_proj", (cfg.embed_dim,), ("q_heads", "head_dim", "embed"),
                       num_in_axes=2)(out_BxTxHxE)
     return out_BxTxD, new_cache
 
 
-def _attend_with_prefix(q_BxTxHxE, suffix_scores_BxHxTxS, suffix_v_BxHxSxE, prefix_kv,
+def _attend_with_prefix(q_BxTxKxGxE, suffix_scores_BxKxGxTxS, suffix_v_BxSxKxE, prefix_kv,
                         prefix_mask_BxTxP):
   """Attention over [prefix keys of the row's prompt ; the row's own suffix keys].
 
@@ -176,24 +238,23 @@ def _attend_with_prefix(q_BxTxHxE, suffix_scores_BxHxTxS, suffix_v_BxHxSxE, pref
   cache of P + S slots would hold (and in the same order). Returns [B, T, H, E].
   """
   prefix_k_QxPxKxE, prefix_v_QxPxKxE = prefix_kv
-  b, t, h, e = q_BxTxHxE.shape
-  nq, p, kv_heads, _ = prefix_k_QxPxKxE.shape
-  n, group = b // nq, h // kv_heads
-  # Query head h uses kv head h // group (the order of `jnp.repeat` above): split H as [K, G].
-  q_QxNxTxKxGxE = q_BxTxHxE.reshape(nq, n, t, kv_heads, group, e)
+  b, t, kv_heads, group, e = q_BxTxKxGxE.shape
+  nq, p = prefix_k_QxPxKxE.shape[:2]
+  n = b // nq
+  q_QxNxTxKxGxE = q_BxTxKxGxE.reshape(nq, n, t, kv_heads, group, e)
   prefix_scores = jnp.einsum("qntkge,qpke->qnkgtp", q_QxNxTxKxGxE, prefix_k_QxPxKxE,
                              preferred_element_type=jnp.float32) * (e ** -0.5)
-  prefix_scores_BxHxTxP = prefix_scores.reshape(b, h, t, p)
-  prefix_scores_BxHxTxP = jnp.where(prefix_mask_BxTxP[:, None], prefix_scores_BxHxTxP, -1e30)
-  scores_BxHxTx_PS = jnp.concatenate([prefix_scores_BxHxTxP, suffix_scores_BxHxTxS], axis=-1)
-  probs_BxHxTx_PS = jax.nn.softmax(scores_BxHxTx_PS, axis=-1).astype(suffix_v_BxHxSxE.dtype)
-  prefix_probs_BxHxTxP, suffix_probs_BxHxTxS = jnp.split(probs_BxHxTx_PS, [p], axis=-1)
+  prefix_scores_BxKxGxTxP = prefix_scores.reshape(b, kv_heads, group, t, p)
+  prefix_scores_BxKxGxTxP = jnp.where(prefix_mask_BxTxP[:, None, None], prefix_scores_BxKxGxTxP,
+                                      -1e30)
+  scores = jnp.concatenate([prefix_scores_BxKxGxTxP, suffix_scores_BxKxGxTxS], axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1).astype(suffix_v_BxSxKxE.dtype)
+  prefix_probs_BxKxGxTxP, suffix_probs_BxKxGxTxS = jnp.split(probs, [p], axis=-1)
   prefix_out = jnp.einsum("qnkgtp,qpke->qntkge",
-                          prefix_probs_BxHxTxP.reshape(nq, n, kv_heads, group, t, p),
-                          prefix_v_QxPxKxE.astype(suffix_v_BxHxSxE.dtype))
-  prefix_out_BxTxHxE = prefix_out.reshape(b, t, h, e)
-  suffix_out_BxHxTxE = jnp.einsum("bhts,bhse->bhte", suffix_probs_BxHxTxS, suffix_v_BxHxSxE)
-  return prefix_out_BxTxHxE + suffix_out_BxHxTxE.transpose(0, 2, 1, 3)
+                          prefix_probs_BxKxGxTxP.reshape(nq, n, kv_heads, group, t, p),
+                          prefix_v_QxPxKxE.astype(suffix_v_BxSxKxE.dtype))
+  suffix_out = jnp.einsum("bkgts,bske->btkge", suffix_probs_BxKxGxTxS, suffix_v_BxSxKxE)
+  return (prefix_out.reshape(b, t, kv_heads, group, e) + suffix_out).reshape(b, t, -1, e)
 
 
 class MLP(nn.Module):
@@ -203,7 +264,8 @@ class MLP(nn.Module):
   def __call__(self, x_BxTxD):
     cfg = self.config
     dense = lambda name, features, axes: Dense(
-        (features,), axes, dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, name=name)
+        (features,), axes, dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype,
+        quantization=cfg.quantization, name=name)
     gate_BxTxF = dense("gate_proj", cfg.mlp_dim, ("embed", "mlp"))(x_BxTxD)
     up_BxTxF = dense("up_proj", cfg.mlp_dim, ("embed", "mlp"))(x_BxTxD)
     hidden_BxTxF = constrain(nn.silu(gate_BxTxF) * up_BxTxF,
@@ -215,14 +277,14 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, rope, mask_BxTxS, deterministic, kv_cache=None,
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, deterministic, kv_cache=None, layer=None,
                write_slot=None, prefix_kv=None, prefix_mask_BxTxP=None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
     attn_out, new_cache = Attention(cfg, name="self_attn")(
-        norm("input_layernorm")(x_BxTxD), rope, mask_BxTxS, kv_cache, write_slot, prefix_kv,
-        prefix_mask_BxTxP)
+        norm("input_layernorm")(x_BxTxD), rope, mask_BxTxS, kv_cache, layer, write_slot,
+        prefix_kv, prefix_mask_BxTxP)
     x_BxTxD = x_BxTxD + drop(attn_out)
     x_BxTxD = x_BxTxD + drop(MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD)))
     x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
@@ -236,14 +298,14 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.embed_tokens = nn.Embed(
-        cfg.vocab_size, cfg.embed_dim, dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype,
-        embedding_init=_param(("vocab", "embed")), name="embed_tokens")
+    self.embed_tokens = Embed(cfg.vocab_size, cfg.embed_dim, cfg.activation_dtype,
+                              cfg.weight_dtype, cfg.quantization, name="embed_tokens")
     self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.norm = RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name="norm")
     if not cfg.tied_embeddings:
       self.lm_head = Dense((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.activation_dtype,
-                           param_dtype=cfg.weight_dtype, name="lm_head")
+                           param_dtype=cfg.weight_dtype, quantization=cfg.quantization,
+                           name="lm_head")
 
   def hidden_states(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
                     deterministic: bool = True, segment_ids_BxT=None,
@@ -277,20 +339,15 @@ class Transformer(nn.Module):
       prefix_mask_BxTxP = attention_mask(
           positions_BxT.reshape(nq, b // nq * t), prefix.positions).reshape(b, t, p)
     rope = rope_angles(positions_BxT, self.config.head_dim, self.config.rope_theta)
-    new_k, new_v = [], []
+    kv = None if cache is None else (cache.k, cache.v)
     for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
       layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i])
-      x_BxTxD, updated = layer(x_BxTxD, rope, mask_BxTxS, deterministic, layer_cache,
-                               None if cache is None else cache.end, layer_prefix,
-                               prefix_mask_BxTxP)
-      if updated is not None:
-        new_k.append(updated[0])
-        new_v.append(updated[1])
+      x_BxTxD, kv = layer(x_BxTxD, rope, mask_BxTxS, deterministic, kv, i,
+                          None if cache is None else cache.end, layer_prefix, prefix_mask_BxTxP)
     x_BxTxD = self.norm(x_BxTxD)
     if cache is None:
       return x_BxTxD, None
-    new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), positions=slot_positions_BxS,
+    new_cache = KVCache(k=kv[0], v=kv[1], positions=slot_positions_BxS,
                         end=cache.end + tokens_BxT.shape[1])
     return x_BxTxD, new_cache
 

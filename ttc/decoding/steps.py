@@ -1,0 +1,124 @@
+"""Step-level decoding: the building blocks that search composes.
+
+A solution is a sequence of reasoning steps, each ended by a delimiter token. Search
+(beam, lookahead, DVTS) alternates two moves over B = Q * N rows (N rows per prompt,
+prompt-major), and this module provides exactly those:
+
+  * `continue_until_step`: every unfinished row samples until it emits a step
+    delimiter, EOS, or runs out of tokens; finished rows stay put.
+  * `take_rows`: row b of the new state is row `parent` of the same prompt, which
+    forks a row M ways (repeat its index) and reorders beams (any permutation).
+
+The prompts' keys live once in a shared `PrefixCache`; each row owns a suffix
+`KVCache` of `max_tokens` slots for its whole solution. `take_rows` only moves
+suffix rows, so rows never change prompt: parents are indices *within* a prompt.
+
+    state = steps.start(model, params, prompts_QxP, lengths_Q, num_rows=N, max_tokens=512)
+    step, state = steps.continue_until_step(model, params, state, key, sampler, ...)
+    state = steps.take_rows(state, parent_QxN)
+"""
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ttc.decoding import samplers, sampling
+from ttc.models.kv_cache import KVCache, PrefixCache
+from ttc.models.transformer import Transformer
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Rows mid-solution. B = Q * N rows, prompt-major; S = suffix slots.
+
+  prefix: the Q prompts' shared keys ([Q, P] slots).
+  cache: each row's own keys ([B, S] slots); `cache.end` slots are used.
+  next_logits_BxV: float32 logits of each row's next token.
+  next_position_B: int32 position id of each row's next token.
+  finished_B: bool the row ended its solution (EOS) or has no slots left.
+  """
+
+  prefix: PrefixCache
+  cache: KVCache
+  next_logits_BxV: jax.Array
+  next_position_B: jax.Array
+  finished_B: jax.Array
+
+  @property
+  def num_prompts(self) -> int:
+    return self.prefix.num_prompts
+
+  @property
+  def rows_per_prompt(self) -> int:
+    return self.finished_B.shape[0] // self.num_prompts
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_rows", "max_tokens"))
+def start(model: Transformer, params, prompt_tokens_QxP, prompt_lengths_Q, *, num_rows: int,
+          max_tokens: int) -> DecodeState:
+  """Prefills Q left-padded prompts once; each gets `num_rows` rows of `max_tokens` slots."""
+  first_logits_QxV, prompt_cache = sampling.prefill(model, params, prompt_tokens_QxP,
+                                                    prompt_lengths_Q, prompt_tokens_QxP.shape[1])
+  batch = prompt_tokens_QxP.shape[0] * num_rows
+  return DecodeState(
+      prefix=PrefixCache.from_cache(prompt_cache),
+      cache=KVCache.init(model.config, batch, max_tokens),
+      next_logits_BxV=jnp.repeat(first_logits_QxV, num_rows, axis=0),
+      next_position_B=jnp.repeat(prompt_lengths_Q.astype(jnp.int32), num_rows, axis=0),
+      finished_B=jnp.zeros((batch,), bool))
+
+
+@functools.partial(
+    jax.jit, donate_argnames=("state",),
+    static_argnames=("model", "max_step_tokens", "step_ids", "eos_id", "pad_id"))
+def continue_until_step(model: Transformer, params, state: DecodeState, rng, sampler, *,
+                        max_step_tokens: int, step_ids: tuple[int, ...], eos_id: int,
+                        pad_id: int = 0) -> tuple[sampling.Samples, DecodeState]:
+  """Every unfinished row generates one step: up to a delimiter in `step_ids`, EOS,
+  `max_step_tokens` tokens, or the end of its slots.
+
+  `state` is donated: its cache is updated in place, so do not reuse it.
+  Returns (the step's tokens as `Samples` with G = max_step_tokens; finished rows
+  get length 0 and stop reason 0), and the state after the step.
+  A row is finished after EOS or when its slots run out; a step that ends by
+  hitting `max_step_tokens` leaves the row unfinished (mid-step).
+  """
+  sampler = samplers.as_sampler(sampler)
+  slots_left = state.cache.num_slots - state.cache.end
+  budget_B = jnp.where(state.finished_B, 0, jnp.minimum(max_step_tokens, slots_left))
+  prefix = state.prefix
+
+  def step(token_B, position_B, cache):
+    logits_Bx1xV, cache = model.apply(params, token_B[:, None], position_B[:, None], cache,
+                                      prefix=prefix)
+    return logits_Bx1xV[:, 0], cache
+
+  samples, cont = sampling.decode(step, state.cache, state.next_logits_BxV,
+                                  state.next_position_B, rng, sampler, max_step_tokens, eos_id,
+                                  step_ids, pad_id, budget_B)
+  reason_B = jnp.where(state.finished_B, 0, samples.stop_reason_B)
+  out_of_slots_B = cont.cache.end >= cont.cache.num_slots
+  finished_B = state.finished_B | (reason_B == sampling.StopReason.EOS) | (
+      out_of_slots_B & (reason_B == sampling.StopReason.MAX_NEW_TOKENS))
+  samples = samples.replace(stop_reason_B=reason_B)
+  return samples, DecodeState(prefix=prefix, cache=cont.cache,
+                              next_logits_BxV=cont.next_logits_BxV,
+                              next_position_B=cont.next_position_B, finished_B=finished_B)
+
+
+@jax.jit
+def take_rows(state: DecodeState, parent_QxN) -> DecodeState:
+  """Row (q, n) of the result is row (q, parent_QxN[q, n]) of `state`.
+
+  parent_QxN: int32 [Q, N'] indices within each prompt's N rows; N' may differ from
+  N (e.g. keep N / M beams, then fork each M ways with `jnp.repeat`).
+  """
+  num_prompts, new_rows = parent_QxN.shape
+  rows_B = (jnp.arange(num_prompts)[:, None] * state.rows_per_prompt
+            + parent_QxN.astype(jnp.int32)).reshape(num_prompts * new_rows)
+  return DecodeState(prefix=state.prefix, cache=state.cache.take_rows(rows_B),
+                     next_logits_BxV=jnp.take(state.next_logits_BxV, rows_B, axis=0),
+                     next_position_B=jnp.take(state.next_position_B, rows_B, axis=0),
+                     finished_B=jnp.take(state.finished_B, rows_B, axis=0))
