@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ttc.errors import UserError
-from ttc.models import gguf_loader, smollm2
+from ttc.models import gguf_loader, hf_reference
 
 from parity_utils import pad_prompts, torch_greedy, torch_logits, ttc_greedy, ttc_logits
 
@@ -19,32 +19,10 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]
 
 
 @pytest.fixture(scope="module")
-def smol():
-  try:
-    path = smollm2.gguf_path()
-  except UserError as e:
-    pytest.skip(str(e))
-  config, params, tokenizer = gguf_loader.load_gguf(path)
-  return path, config, params, tokenizer
-
-
-@pytest.fixture(scope="module")
 def reference(smol):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  path, c, _, _ = smol
-  hf_config = transformers.LlamaConfig(
-      vocab_size=c.vocab_size, hidden_size=c.embed_dim, intermediate_size=c.mlp_dim,
-      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
-      rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tied_embeddings,
-      max_position_embeddings=2048)
-  model = transformers.LlamaForCausalLM(hf_config).eval()
-  state = {k: torch.from_numpy(np.array(v)) for k, v in gguf_loader.hf_state_dict(path).items()}
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  assert not unexpected and set(missing) <= {"lm_head.weight"}
-  model.tie_weights()
-  return model
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  return hf_reference.from_gguf(smol[0])[1]
 
 
 def test_config_from_metadata(smol):

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ttc.errors import UserError
-from ttc.models import gguf_loader, quantization, smollm2
+from ttc.models import quantization
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc.train import partitioning
@@ -51,12 +50,8 @@ def test_unknown_quantization_is_rejected():
     ModelConfig(quantization="int4")
 
 
-def test_smollm2_int8_logits_within_stated_tolerance():
-  try:
-    path = smollm2.gguf_path()
-  except UserError as e:
-    pytest.skip(str(e))
-  config, params, tokenizer = gguf_loader.load_gguf(path)
+def test_smollm2_int8_logits_within_stated_tolerance(smol):
+  _, config, params, tokenizer = smol
   qconfig, qparams = quantization.quantize_params(config, params)
   prompts = [tokenizer.encode(p) for p in
              ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]]

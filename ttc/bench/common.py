@@ -1,9 +1,13 @@
 """Shared measuring helpers for the benchmark commands."""
 
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+
+# The checkout holding configs/, so benchmarks find gin files from any working directory.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def time_call(fn, *args, repeats: int = 5) -> float:

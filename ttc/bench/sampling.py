@@ -21,28 +21,33 @@ import os
 import tempfile
 import time
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc.bench.common import matmul_peak_flops, time_call
+from ttc.bench.common import REPO_ROOT, matmul_peak_flops, time_call
 from ttc.decoding import samplers, sampling
-from ttc.models import quantization
+from ttc.models import hf_reference, quantization
+from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 
 PROMPT_LEN = 16  # tokens; the prompt is prefilled once per call on both sides
 
 
 def tiny_checkpoint(directory: str):
-  """(ttc config, params, HF model) of the tiny policy shape with shared random weights."""
+  """(ttc config, params, HF model): the tiny policy's shape with shared random weights.
+
+  The shape is read from configs/arith/policy_tiny.gin; the weights are drawn by
+  transformers, saved as safetensors and read back with `load_hf`.
+  """
   import torch
   import transformers
   from ttc.models.hf_loader import load_hf
+  gin.parse_config_file(os.path.join(REPO_ROOT, "configs/arith/policy_tiny.gin"))
   torch.manual_seed(0)
-  hf_config = transformers.LlamaConfig(
-      vocab_size=32, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-      num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
-      max_position_embeddings=512, initializer_range=0.2)
+  # A large init keeps random logits far from ties, like the parity tests.
+  hf_config = hf_reference.llama_config(ModelConfig(), initializer_range=0.2)
   model = transformers.LlamaForCausalLM(hf_config).eval()
   model.save_pretrained(directory, safe_serialization=True)
   config, params = load_hf(directory)
@@ -50,23 +55,10 @@ def tiny_checkpoint(directory: str):
 
 
 def smollm2_checkpoint():
-  import torch
-  import transformers
   from ttc.models import gguf_loader, smollm2
   path = smollm2.gguf_path()
   config, params, _ = gguf_loader.load_gguf(path)
-  c = config
-  hf_config = transformers.LlamaConfig(
-      vocab_size=c.vocab_size, hidden_size=c.embed_dim, intermediate_size=c.mlp_dim,
-      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
-      rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tied_embeddings,
-      max_position_embeddings=2048)
-  model = transformers.LlamaForCausalLM(hf_config).eval()
-  state = {k: torch.from_numpy(np.array(v)) for k, v in gguf_loader.hf_state_dict(path).items()}
-  model.load_state_dict(state, strict=False)
-  model.tie_weights()
-  return config, params, model
+  return config, params, hf_reference.from_gguf(path)[1]
 
 
 def ttc_seconds(config, params, prompt, num_samples, new_tokens, repeats):

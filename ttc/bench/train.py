@@ -8,14 +8,13 @@ attention, causal: a query sees on average half the row).
 """
 
 import argparse
-import os
 
 import flax.linen as nn
 import gin
 import jax
 import numpy as np
 
-from ttc.bench.common import matmul_peak_flops, time_call
+from ttc.bench.common import REPO_ROOT, matmul_peak_flops, time_call
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc.train import optimizer, partitioning, trainer
@@ -28,8 +27,7 @@ def main():
   parser.add_argument("--length", type=int, default=176)
   parser.add_argument("--steps", type=int, default=10)
   args = parser.parse_args()
-  gin.add_config_file_search_path(os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__)))))
+  gin.add_config_file_search_path(REPO_ROOT)
   gin.parse_config_file(args.gin_file)
   config = ModelConfig()
 

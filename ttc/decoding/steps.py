@@ -99,9 +99,9 @@ def continue_until_step(model: Transformer, params, state: DecodeState, rng, sam
                                   state.next_position_B, rng, sampler, max_step_tokens, eos_id,
                                   step_ids, pad_id, budget_B)
   reason_B = jnp.where(state.finished_B, 0, samples.stop_reason_B)
-  out_of_slots_B = cont.cache.end >= cont.cache.num_slots
+  out_of_slots = cont.cache.end >= cont.cache.num_slots  # all rows share the write slot
   finished_B = state.finished_B | (reason_B == sampling.StopReason.EOS) | (
-      out_of_slots_B & (reason_B == sampling.StopReason.MAX_NEW_TOKENS))
+      out_of_slots & (reason_B == sampling.StopReason.MAX_NEW_TOKENS))
   samples = samples.replace(stop_reason_B=reason_B)
   return samples, DecodeState(prefix=prefix, cache=cont.cache,
                               next_logits_BxV=cont.next_logits_BxV,

@@ -3,8 +3,10 @@
 A decode step with few rows per prompt is bound by reading the weights, not by
 arithmetic: SmolLM2-135M in float32 is 0.54 GB per token. Stored as int8 with one
 float32 scale per output channel (symmetric, absmax / 127), the weights are a
-quarter of that; `Dense` and `Embed` convert them back inside the matmul.
-Activations, the KV cache and all arithmetic stay in the activation dtype.
+quarter of that; `Dense` and `Embed` convert them back where they are used.
+Activations, the KV cache and all arithmetic stay in the activation dtype. Whether
+that pays depends on the backend's kernels: on XLA:CPU the fused int8 matrix-vector
+product is slower than float32's (see `python -m ttc.bench.sampling`).
 
 Error: each weight moves by at most scale / 2 = absmax / 254 of its channel; the
 logit error this gives on SmolLM2 is measured in tests/models/test_quantization.py.
@@ -40,10 +42,6 @@ def _is_int8(targets: dict, module_path: tuple[str, ...]) -> bool:
              for name in ("kernel", "embedding"))
 
 
-def quantized_config(config: ModelConfig) -> ModelConfig:
-  return dataclasses.replace(config, quantization="int8")
-
-
 def quantize_params(config: ModelConfig, params, mesh=None, rules=None) -> tuple[ModelConfig, Any]:
   """(int8 config, int8 params) from float params of `Transformer(config)`.
 
@@ -52,7 +50,7 @@ def quantize_params(config: ModelConfig, params, mesh=None, rules=None) -> tuple
   """
   if config.quantization != "none":
     raise ValueError(f"parameters are already quantized ({config.quantization})")
-  qconfig = quantized_config(config)
+  qconfig = dataclasses.replace(config, quantization="int8")
   mesh = partitioning.make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
   rules = partitioning.DEFAULT_RULES if rules is None else rules
   abstract, shardings = partitioning.abstract_params(Transformer(qconfig), mesh, rules)

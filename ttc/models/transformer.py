@@ -35,9 +35,8 @@ class Dense(nn.Module):
   breaks sharding constraints on multi-axis kernels).
 
   quantization="int8" stores the kernel output-major as int8 with a float32 `scale`
-  per output feature (weight-only; see `ttc.models.quantization`): the int8 -> float
-  convert fuses into the matmul, so a small-batch decode step reads a quarter of the
-  bytes.
+  per output feature (weight-only; see `ttc.models.quantization`), converted to the
+  activation dtype where it is used.
   """
 
   features: tuple[int, ...]
@@ -52,14 +51,12 @@ class Dense(nn.Module):
   def __call__(self, x):
     in_shape = x.shape[x.ndim - self.num_in_axes:]
     in_axes, out_axes = self.kernel_axes[:self.num_in_axes], self.kernel_axes[self.num_in_axes:]
-    contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
     if self.quantization == "int8":
-      # Output-major [*features, *in_shape], like torch's Linear: with one row per
-      # prompt, XLA:CPU turns the matmul into a reduction along contiguous int8 rows
-      # with the convert fused in, reading each weight byte once.
+      # Output-major [*features, *in_shape], like torch's Linear, used as one 2-D
+      # matmul [rows, in] x [out, in]^T: the form in which XLA:CPU fuses the int8
+      # convert into the matmul instead of writing a float copy of the kernel.
       kernel = self.param("kernel", _param(out_axes + in_axes, _int8_init),
                           (*self.features, *in_shape), jnp.int8)
-      # As one 2-D matmul [rows, in] x [out, in]^T: the form XLA:CPU fuses with the convert.
       out_size, in_size = math.prod(self.features), math.prod(in_shape)
       x_2d = x.reshape(-1, in_size).astype(self.dtype)
       y = jnp.dot(x_2d, kernel.reshape(out_size, in_size).astype(self.dtype).T)
@@ -69,6 +66,7 @@ class Dense(nn.Module):
     else:
       kernel = self.param("kernel", _param(self.kernel_axes), (*in_shape, *self.features),
                           self.param_dtype)
+      contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
       y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                               ((contract, tuple(range(self.num_in_axes))), ((), ())))
     if self.use_bias:
