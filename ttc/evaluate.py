@@ -46,6 +46,20 @@ def load_policy(workdir: str, mesh, rules):
   return model, params, step
 
 
+def select_problems(task_name: str, split: str, max_problems_per_level: int = 0):
+  """The split's problems, the first `max_problems_per_level` of each level (0 = all)."""
+  try:
+    problems = tasks.problems_for(task_name, split)
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  if max_problems_per_level:
+    per_level = collections.defaultdict(list)
+    for p in problems:
+      per_level[p.level].append(p)
+    problems = [p for ps in per_level.values() for p in ps[:max_problems_per_level]]
+  return problems
+
+
 def format_table(rows: dict, ks) -> str:
   header = f"{'level':>7} {'problems':>8} " + " ".join(f"{f'pass@{k}':>8}" for k in ks)
   lines = [header]
@@ -67,15 +81,7 @@ def evaluate(workdir: str, task_name: str = gin.REQUIRED, split: str = "test",
   batch_size: sampled rows per step: batch_size // num_samples problems (at least one),
     each prefilled once and shared by its num_samples rows.
   """
-  try:
-    problems = tasks.problems_for(task_name, split)
-  except ValueError as e:
-    raise UserError(str(e)) from e
-  if max_problems_per_level:
-    per_level = collections.defaultdict(list)
-    for p in problems:
-      per_level[p.level].append(p)
-    problems = [p for ps in per_level.values() for p in ps[:max_problems_per_level]]
+  problems = select_problems(task_name, split, max_problems_per_level)
   if max(ks) > num_samples:
     raise UserError(f"pass@{max(ks)} needs num_samples >= {max(ks)}; got {num_samples}")
   mesh = partitioning.make_mesh()

@@ -47,6 +47,9 @@ def _import_configurables():
   import ttc.data.tasks  # noqa: F401
   import ttc.evaluate  # noqa: F401
   import ttc.train.trainer  # noqa: F401
+  import ttc.verifiers.evaluation  # noqa: F401
+  import ttc.verifiers.labeling  # noqa: F401
+  import ttc.verifiers.training  # noqa: F401
   import ttc.stages  # noqa: F401
 
 

@@ -1,6 +1,7 @@
 """`run`: the top-level configurable that calls each configured stage on one work dir."""
 
 import os
+import time
 
 import gin
 
@@ -26,6 +27,9 @@ def run(workdir: str = gin.REQUIRED, stages=gin.REQUIRED, distributed: bool = Fa
     if not callable(stage):
       raise UserError(f"run.stages entry {stage!r} is not a configurable; write @train, "
                       "@evaluate, ...")
+    started = time.perf_counter()
     stage(workdir=workdir)
+    seconds = time.perf_counter() - started
+    print(f"stage {getattr(stage, '__name__', stage)} done in {seconds:.0f} s", flush=True)
   with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
     f.write(gin.operative_config_str())

@@ -160,11 +160,12 @@ def test_sample_n_prefills_once_and_caches_p_plus_n_g_positions(policy, n):
   assert [c for c in MODEL_CALLS if c[1] > 1] == [(1, prompt_len)]
   assert {c for c in MODEL_CALLS if c[1] == 1} == {(n, 1)}
   per_position = CONFIG.num_layers * CONFIG.num_kv_heads * CONFIG.head_dim
+  size = lambda layers: sum(x.size for x in jax.tree.leaves(layers))
   for keys_or_values in [prefix.k, prefix.v, suffix.k, suffix.v]:
-    assert keys_or_values.size % per_position == 0
-  cached_positions = (prefix.k.size + suffix.k.size) // per_position
+    assert size(keys_or_values) % per_position == 0
+  cached_positions = (size(prefix.k) + size(suffix.k)) // per_position
   assert cached_positions == prompt_len + n * new_tokens
-  assert prefix.v.size + suffix.v.size == prefix.k.size + suffix.k.size
+  assert size(prefix.v) + size(suffix.v) == size(prefix.k) + size(suffix.k)
   assert samples.tokens_BxG.shape == (n, new_tokens)
   assert np.all(np.asarray(samples.lengths_B) == new_tokens)
 

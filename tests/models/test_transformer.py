@@ -116,4 +116,4 @@ def test_shared_prefix_cache_matches_one_cache_per_row():
     pieces.append(logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, 1), full[:, prompt_len:], atol=TOL,
                              rtol=TOL)
-  assert prefix.k.shape[1:3] == (num_prompts, prompt_len)  # stored once per prompt
+  assert all(k.shape[0::2] == (num_prompts, prompt_len) for k in prefix.k)  # once per prompt

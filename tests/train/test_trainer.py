@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer

@@ -108,6 +108,13 @@ def continue_until_step(model: Transformer, params, state: DecodeState, rng, sam
                               next_position_B=cont.next_position_B, finished_B=finished_B)
 
 
+def flat_rows(parent_QxN, rows_per_prompt: int):
+  """[Q * N'] int32 batch rows of within-prompt parents: row (q, n) <- q * N + parent[q, n]."""
+  num_prompts, new_rows = parent_QxN.shape
+  return (jnp.arange(num_prompts)[:, None] * rows_per_prompt
+          + parent_QxN.astype(jnp.int32)).reshape(num_prompts * new_rows)
+
+
 @jax.jit
 def take_rows(state: DecodeState, parent_QxN) -> DecodeState:
   """Row (q, n) of the result is row (q, parent_QxN[q, n]) of `state`.
@@ -115,9 +122,7 @@ def take_rows(state: DecodeState, parent_QxN) -> DecodeState:
   parent_QxN: int32 [Q, N'] indices within each prompt's N rows; N' may differ from
   N (e.g. keep N / M beams, then fork each M ways with `jnp.repeat`).
   """
-  num_prompts, new_rows = parent_QxN.shape
-  rows_B = (jnp.arange(num_prompts)[:, None] * state.rows_per_prompt
-            + parent_QxN.astype(jnp.int32)).reshape(num_prompts * new_rows)
+  rows_B = flat_rows(parent_QxN, state.rows_per_prompt)
   return DecodeState(prefix=state.prefix, cache=state.cache.take_rows(rows_B),
                      next_logits_BxV=jnp.take(state.next_logits_BxV, rows_B, axis=0),
                      next_position_B=jnp.take(state.next_position_B, rows_B, axis=0),

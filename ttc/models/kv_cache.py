@@ -24,23 +24,29 @@ class KVCache:
   """Keys and values of all layers for a batch of sequences.
 
   Attributes:
-    k: [layers, batch, slots, kv_heads, head_dim] keys, RoPE already applied.
-    v: [layers, batch, slots, kv_heads, head_dim] values.
+    k: one [batch, kv_heads, slots, head_dim] array of keys per layer (a tuple), RoPE
+      already applied. Per-layer arrays, not one stacked [layers, ...] array: a layer
+      reads and updates its own buffer in place, where XLA:CPU copied a layer's slice
+      out of the stacked array on every step. Slots sit next to head_dim, as
+      attention reads them, so no step transposes the cache.
+    v: the values, laid out like k.
     positions: [batch, slots] int32 position id of the token in each slot; -1 = empty.
     end: [] int32 number of slots written so far (all rows write in lockstep).
   """
 
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   positions: jax.Array
   end: jax.Array
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, num_slots: int) -> "KVCache":
-    shape = (config.num_layers, batch, num_slots, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, num_slots, config.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, config.activation_dtype)
+                          for _ in range(config.num_layers))
     return cls(
-        k=jnp.zeros(shape, config.activation_dtype),
-        v=jnp.zeros(shape, config.activation_dtype),
+        k=zeros(),
+        v=zeros(),
         positions=jnp.full((batch, num_slots), EMPTY_POSITION, jnp.int32),
         end=jnp.zeros((), jnp.int32),
     )
@@ -52,7 +58,8 @@ class KVCache:
   def take_rows(self, rows_B: jax.Array) -> "KVCache":
     """The cache whose row b is this cache's row rows_B[b]: forks (repeated rows) and
     reorders beams in one gather. rows_B: int32 [B'] source rows."""
-    return self.replace(k=jnp.take(self.k, rows_B, axis=1), v=jnp.take(self.v, rows_B, axis=1),
+    take = lambda layers: tuple(jnp.take(x, rows_B, axis=0) for x in layers)
+    return self.replace(k=take(self.k), v=take(self.v),
                         positions=jnp.take(self.positions, rows_B, axis=0))
 
 
@@ -66,18 +73,18 @@ class PrefixCache:
   not stored; it is B // prompts, read from the decode batch.
 
   Attributes:
-    k: [layers, prompts, slots, kv_heads, head_dim] keys, RoPE already applied.
-    v: [layers, prompts, slots, kv_heads, head_dim] values.
+    k: one [prompts, kv_heads, slots, head_dim] array of keys per layer, as in KVCache.
+    v: the values, laid out like k.
     positions: [prompts, slots] int32 position id per slot; -1 = empty (left padding).
   """
 
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   positions: jax.Array
 
   @property
   def num_prompts(self) -> int:
-    return self.k.shape[1]
+    return self.k[0].shape[0]
 
   @classmethod
   def from_cache(cls, cache: KVCache) -> "PrefixCache":

@@ -80,7 +80,7 @@ def abstract_state(model, tx, mesh, rules):
   return abstract, shardings, init
 
 
-def _truncate_metrics(path: str, last_step: int):
+def truncate_metrics(path: str, last_step: int):
   """Drops metric lines past the restored step, so a resumed log has no duplicates."""
   if not os.path.exists(path):
     return
@@ -125,7 +125,7 @@ def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQU
       state, batches_consumed = restored
     start_step = int(state.step)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    _truncate_metrics(metrics_path, start_step)
+    truncate_metrics(metrics_path, start_step)
 
     # Data, from where the checkpoint left off. Each host reads its own shard of the
     # global batch; the shards are assembled into one array over the mesh.

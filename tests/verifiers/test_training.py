@@ -1,0 +1,167 @@
+"""Reward model training: targets land on the right tokens, a learnable signal is learnt,
+early stopping keeps the best parameters, and kill -9 then resume == uninterrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ttc.data import arith, tasks, vocab
+from ttc.errors import UserError
+from ttc.train import partitioning
+from ttc.verifiers import labeling, reward_model, scoring, training
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TASK = "rm_training_test"
+
+
+def _problems():
+  tasks.register_arith_task(name=TASK, num_train_per_level=40, num_eval_per_level=1,
+                            levels=[(2, 9), (3, 9)], max_value=99, seed=0)
+  return tasks.problems_for(TASK, "train")
+
+
+def _sample(problem, text, correct, soft):
+  truth = arith.step_correctness(problem.question, text)
+  return {"text": text, "correct": correct, "soft": soft, "hard": [s > 0 for s in soft],
+          "true": truth, "step_ends": labeling.step_end_offsets(text)}
+
+
+def write_labels(path):
+  """Per question: its reference solution (labels 1) and the same text with a space
+  before every step (labels 0): a signal a tiny model learns in a few dozen steps."""
+  lines = []
+  for p in _problems():
+    good = p.solution
+    bad = "\n".join(" " + line for line in good.split("\n"))
+    n = len(arith.split_steps(good))
+    samples = [_sample(p, good, True, [1.0] * n), _sample(p, bad, False, [0.0] * n)]
+    lines.append(json.dumps({"uid": p.uid, "question": p.question, "prompt": p.prompt,
+                             "answer": p.answer, "level": p.level, "num_sampled": 2,
+                             "samples": samples}))
+  path.write_text("\n".join(lines) + "\n")
+
+
+def _settings(**overrides):
+  base = dict(num_steps=100, batch_size=8, learning_rate=1e-2, warmup_steps=2, dropout_rate=0.0,
+              eval_every=25, patience=3, validation_percent=20, max_length=64)
+  base.update(overrides)
+  return training.RewardTraining(**base)
+
+
+def test_batches_are_epoch_permutations():
+  rows = np.concatenate([training.batch_rows(s, 4, 10, seed=3) for s in range(5)])
+  assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
+  np.testing.assert_array_equal(training.batch_rows(3, 4, 10, seed=3), rows[12:16])
+
+
+def test_prm_targets_sit_on_step_ends(policy_workdir):
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  name = labeling.register_prm_labels_task("targets_test", str(policy_workdir / "prm_labels.jsonl"),
+                                           20)
+  prm = training.load_examples(name, "train", "prm", _settings())
+  orm = training.load_examples(name, "train", "orm", _settings())
+  [newline] = vocab.CharVocabulary().encode("\n")
+  eos = vocab.EOS_ID
+  for m in range(len(prm)):
+    tokens = prm.tokens_MxL[m]
+    ends = prm.label_index_MxS[m][prm.weight_MxS[m] > 0]
+    assert all(tokens[i] == newline for i in ends[:-1]) and tokens[ends[-1]] == eos
+    assert orm.label_index_MxS[m, 0] == prm.lengths_M[m] - 1 == ends[-1]
+  assert set(prm.label_MxS[prm.weight_MxS > 0]) == {0.0, 1.0}
+
+
+def test_prm_learns_and_keeps_its_best_parameters(policy_workdir):
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  summary = training.train_prm(str(policy_workdir), training=_settings())
+  records = [json.loads(l) for l in open(policy_workdir / "prm" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [25, 50, 75, 100]
+  assert summary["best_val_loss"] == min(r["val_loss"] for r in records) < 0.05
+  # The saved parameters are the best measurement's: re-measure their held-out loss.
+  mesh, rules = partitioning.make_mesh(), partitioning.logical_axis_rules()
+  model, params = reward_model.load(str(policy_workdir / "prm"), mesh, rules)
+  val = training.load_examples(
+      labeling.register_prm_labels_task("best_test", str(policy_workdir / "prm_labels.jsonl"),
+                                        20), "validation", "prm", _settings())
+  loss, _ = training.value_loss(model, params, val.take(np.arange(len(val))))
+  assert float(loss) == pytest.approx(summary["best_val_loss"], rel=1e-4)
+  # And they separate the two kinds of solution on held-out questions.
+  scores = scoring.score_sequences(model, params, val.tokens_MxL, val.lengths_M)
+  last = np.asarray(scores)[np.arange(len(val)), val.lengths_M - 1]
+  good = val.label_MxS[:, 0] == 1
+  assert last[good].min() > last[~good].max()
+
+
+def test_early_stopping_stops_after_patience(policy_workdir):
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  summary = training.train_orm(str(policy_workdir),
+                               training=_settings(learning_rate=1e-9, patience=2, eval_every=5))
+  # The held-out loss barely moves after the first measurement: stop 2 measurements later.
+  assert summary["stopped_early"] and summary["steps"] <= 20
+
+
+def test_missing_labels_file_is_one_clear_error(policy_workdir):
+  with pytest.raises(UserError, match="label_prm"):
+    training.train_prm(str(policy_workdir), training=_settings())
+
+
+def _train_script(workdir):
+  return (
+      "import sys; sys.path.insert(0, %r)\n"
+      "from tests.verifiers.test_training import _settings\n"
+      "from ttc.verifiers import training\n"
+      "training.train_prm(%r, training=_settings(num_steps=60, eval_every=5, patience=100))\n"
+      % (REPO, str(workdir)))
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+  from tests.verifiers.conftest import write_policy_workdir
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  dirs = []
+  for name in ("killed", "straight"):
+    d = write_policy_workdir(tmp_path / name)
+    write_labels(d / "prm_labels.jsonl")
+    dirs.append(d)
+  killed, straight = dirs
+  proc = subprocess.Popen([sys.executable, "-c", _train_script(killed)], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = killed / "prm" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert len(metrics.read_text().splitlines()) < 12, "killed too late to test resuming"
+  for d in dirs:
+    subprocess.run([sys.executable, "-c", _train_script(d)], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+  read = lambda d: [(r["step"], round(r["val_loss"], 6)) for r in
+                    map(json.loads, open(d / "prm" / "metrics.jsonl"))]
+  assert read(killed) == read(straight)
+  mesh, rules = partitioning.make_mesh(), partitioning.logical_axis_rules()
+  a = reward_model.load(str(killed / "prm"), mesh, rules)[1]
+  b = reward_model.load(str(straight / "prm"), mesh, rules)[1]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
+
+
+def test_cut_labels_file_through_the_driver_is_one_error_line(policy_workdir):
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  data = (policy_workdir / "prm_labels.jsonl").read_bytes()
+  (policy_workdir / "prm_labels.jsonl").write_bytes(data[:-40])  # kill -9 mid-line
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "ttc.main", "--gin_file=configs/arith/verifiers_quick.gin",
+       "--gin.run.stages=[@train_prm]", f"--gin.WORKDIR='{policy_workdir}'"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "prm_labels.jsonl line 80 is cut mid-line" in errors[0], errors[0]

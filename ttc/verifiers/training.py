@@ -1,0 +1,299 @@
+"""Training the reward models: `train_prm` (Monte-Carlo step labels) and `train_orm`.
+
+Both read the labels file that `label_prm` wrote, through its seqio Task
+(`labeling.register_prm_labels_task`), and fit a `RewardModel` initialised from the
+policy of the same work dir with binary cross-entropy on sigmoid(value logit):
+
+  * PRM: at the last token of every step, against the step's soft label (the
+    fraction of rollouts from that prefix that reach the right answer) or, with
+    `RewardTraining.labels = "hard"`, whether any did.
+  * ORM: at the last token of the whole solution, against its final correctness.
+
+10% of the questions (by uid hash) are held out; the held-out loss is measured
+every `eval_every` steps and training stops after `patience` measurements without
+improvement. The parameters of the best measurement are kept in `<output>/best`,
+which is what `reward_model.load` reads. A run killed at any point resumes from
+its last checkpoint and continues exactly (data order is a function of the step).
+"""
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import seqio
+import tqdm
+
+from ttc.data import tasks
+from ttc.errors import UserError
+from ttc.evaluate import load_model_config, load_policy
+from ttc.train import checkpointing, optimizer, partitioning, trainer
+from ttc.verifiers import labeling, reward_model
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RewardTraining:
+  """Hyperparameters; the defaults are the paper's PRM settings (App. D) for real models.
+
+  Bind per verifier with gin scopes, e.g. `train_prm.training = @prm/RewardTraining()`
+  and `prm/RewardTraining.num_steps = 400`.
+  """
+
+  num_steps: int = 2000
+  batch_size: int = 128  # solutions per step
+  learning_rate: float = 3e-5
+  warmup_steps: int = 50
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.95
+  dropout_rate: float = 0.05
+  labels: str = "soft"  # PRM targets: "soft" (fraction of rollouts) or "hard" (any)
+  validation_percent: int = 10  # questions held out for early stopping
+  eval_every: int = 50  # steps between held-out measurements (and checkpoints)
+  patience: int = 5  # measurements without improvement before stopping
+  max_length: int = 256  # tokens of prompt + solution; longer examples are skipped
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.labels not in ("soft", "hard"):
+      raise UserError(f"RewardTraining.labels must be 'soft' or 'hard', got {self.labels!r}")
+    if self.batch_size < 1 or self.num_steps < 1 or self.eval_every < 1:
+      raise UserError("RewardTraining.batch_size, num_steps and eval_every must be >= 1")
+
+
+@dataclasses.dataclass
+class Examples:
+  """Right-padded solutions with the token indices where targets apply.
+
+  tokens_MxL int32, lengths_M int32; targets at label_index_MxS (int32, 0 on
+  padding) with value label_MxS (float32) and weight_MxS (1 real, 0 padding).
+  """
+
+  tokens_MxL: np.ndarray
+  lengths_M: np.ndarray
+  label_index_MxS: np.ndarray
+  label_MxS: np.ndarray
+  weight_MxS: np.ndarray
+
+  def __len__(self):
+    return self.lengths_M.shape[0]
+
+  def take(self, rows) -> dict:
+    return {k: v[rows] for k, v in dataclasses.asdict(self).items()}
+
+
+def load_examples(task_name: str, split: str, kind: str, training: RewardTraining) -> Examples:
+  """Reads one split of the labels task into arrays: PRM targets per step, ORM one per solution."""
+  dataset = seqio.get_mixture_or_task(task_name).get_dataset(
+      sequence_length=None, split=split, shuffle=False)
+  rows, skipped = [], 0
+  for ex in dataset.as_numpy_iterator():
+    tokens = [tasks.DECODER_START_ID, *ex["inputs"].tolist(), *ex["targets"].tolist()]
+    offset = 1 + len(ex["inputs"])
+    if kind == "prm":
+      index = (offset + ex["step_ends"]).tolist()
+      label = (ex["soft"] if training.labels == "soft" else ex["hard"]).astype(np.float32)
+    else:
+      index, label = [len(tokens) - 1], np.asarray([ex["correct"]], np.float32)
+    if len(tokens) > training.max_length:
+      skipped += 1
+      continue
+    rows.append((tokens, index, label.tolist()))
+  if not rows:
+    raise UserError(f"the {split} split of {task_name} has no usable solutions "
+                    f"({skipped} longer than max_length={training.max_length}); label more "
+                    "questions or raise RewardTraining.max_length")
+  if skipped:
+    print(f"{split}: skipped {skipped} solutions longer than {training.max_length} tokens")
+  length = max(len(t) for t, _, _ in rows)
+  width = max(len(i) for _, i, _ in rows)
+  ex = Examples(np.zeros((len(rows), length), np.int32), np.zeros((len(rows),), np.int32),
+                np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), np.float32),
+                np.zeros((len(rows), width), np.float32))
+  for m, (tokens, index, label) in enumerate(rows):
+    ex.tokens_MxL[m, :len(tokens)] = tokens
+    ex.lengths_M[m] = len(tokens)
+    ex.label_index_MxS[m, :len(index)] = index
+    ex.label_MxS[m, :len(label)] = label
+    ex.weight_MxS[m, :len(label)] = 1.0
+  return ex
+
+
+def batch_rows(step: int, batch_size: int, num_examples: int, seed: int) -> np.ndarray:
+  """Example indices of a training step: consecutive slices of a fresh permutation per epoch.
+
+  A pure function of (step, seed), so a resumed run sees the same batches.
+  """
+  flat = np.arange(step * batch_size, (step + 1) * batch_size)
+  epochs, within = flat // num_examples, flat % num_examples
+  rows = np.empty_like(flat)
+  for epoch in np.unique(epochs):
+    order = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
+    rows[epochs == epoch] = order[within[epochs == epoch]]
+  return rows
+
+
+def value_loss(model, params, batch, deterministic=True, dropout_key=None):
+  """(weighted mean binary cross-entropy over targets, number of targets)."""
+  slots_L = jnp.arange(batch["tokens_MxL"].shape[1])
+  positions = jnp.where(slots_L[None] < batch["lengths_M"][:, None], slots_L[None], -1)
+  logits_MxL, _ = model.apply(params, batch["tokens_MxL"], positions,
+                              deterministic=deterministic,
+                              rngs=None if dropout_key is None else {"dropout": dropout_key})
+  logits_MxS = jnp.take_along_axis(logits_MxL, batch["label_index_MxS"], axis=1)
+  losses = optax.sigmoid_binary_cross_entropy(logits_MxS, batch["label_MxS"])
+  count = batch["weight_MxS"].sum()
+  return (losses * batch["weight_MxS"]).sum() / jnp.maximum(count, 1.0), count
+
+
+def _early_stopping_state(metrics_path: str):
+  """(best held-out loss, its step, measurements since) from the metrics log."""
+  best, best_step, since = np.inf, 0, 0
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      for line in f:
+        record = json.loads(line)
+        if "val_loss" not in record:
+          continue
+        if record["val_loss"] < best:
+          best, best_step, since = record["val_loss"], record["step"], 0
+        else:
+          since += 1
+  return best, best_step, since
+
+
+def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
+        training: RewardTraining) -> dict:
+  """Trains a PRM (kind="prm") or ORM (kind="orm") on `workdir`'s labels; returns a summary."""
+  out = os.path.join(workdir, output_dir)
+  labels_path = os.path.abspath(os.path.join(workdir, labels_file))
+  # One seqio task per labels file; seqio names allow only word characters.
+  task_name = labeling.register_prm_labels_task(
+      "reward_labels_" + re.sub(r"\W", "_", labels_path), labels_path,
+      training.validation_percent)
+  train_ex = load_examples(task_name, "train", kind, training)
+  val_ex = load_examples(task_name, "validation", kind, training)
+
+  mesh = partitioning.make_mesh()
+  rules = partitioning.logical_axis_rules()
+  config = dataclasses.replace(load_model_config(workdir), dropout_rate=training.dropout_rate)
+  model = reward_model.RewardModel(config)
+  reward_model.save_config(out, config)
+  tx, schedule = optimizer.make_optimizer(
+      training.num_steps, learning_rate=training.learning_rate,
+      warmup_steps=training.warmup_steps, weight_decay=training.weight_decay, b1=training.b1,
+      b2=training.b2)
+  abstract, shardings, init = trainer.abstract_state(model, tx, mesh, rules)
+  # Every batch array is split along its rows, like the policy's training batches.
+  batch_sharding = {
+      name: partitioning.logical_to_sharding(
+          ("activation_batch",) + (None,) * (array.ndim - 1), mesh, rules)
+      for name, array in train_ex.take(np.arange(1)).items()}
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    mngr = checkpointing.manager(os.path.join(out, "checkpoints"), keep=1)
+    best_mngr = checkpointing.manager(os.path.join(out, "best"), keep=1)
+    restored = checkpointing.restore_latest(mngr, abstract)
+    if restored is None:
+      state = jax.jit(init, out_shardings=shardings)(jax.random.key(training.seed))
+      # The backbone starts from the policy; only the value head is fresh. Adam's
+      # moments are zeros whatever the parameters, so the optimizer state stands.
+      _, policy_params, _ = load_policy(workdir, mesh, rules)
+      state = state.replace(params=reward_model.with_backbone(state.params, policy_params))
+    else:
+      state, _ = restored
+    start_step = int(state.step)
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    trainer.truncate_metrics(metrics_path, start_step)
+    best, best_step, since = _early_stopping_state(metrics_path)
+
+    def train_step(state, batch):
+      key = jax.random.fold_in(jax.random.key(training.seed), state.step)
+      (loss, _), grads = jax.value_and_grad(
+          lambda p: value_loss(model, p, batch, False, key), has_aux=True)(state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state), loss
+
+    step_fn = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
+                      out_shardings=(shardings, partitioning.replicated(mesh)),
+                      donate_argnums=(0,))
+    eval_fn = jax.jit(lambda params, batch: value_loss(model, params, batch),
+                      in_shardings=(shardings.params, batch_sharding))
+
+    def held_out_loss(params):
+      total, count = 0.0, 0.0
+      for begin in range(0, len(val_ex), training.batch_size):
+        rows = np.arange(begin, begin + training.batch_size)
+        batch = val_ex.take(np.minimum(rows, len(val_ex) - 1))
+        batch["weight_MxS"] = batch["weight_MxS"] * (rows < len(val_ex))[:, None]
+        loss, n = eval_fn(params, batch)
+        total, count = total + float(loss) * float(n), count + float(n)
+      return total / max(count, 1.0)
+
+    progress = tqdm.tqdm(total=training.num_steps, initial=start_step, desc=f"train_{kind}",
+                         unit="step", dynamic_ncols=True, disable=None)
+    stopped_early = since >= training.patience
+    step = start_step
+    with open(metrics_path, "a") as metrics_file:
+      started = time.perf_counter()
+      while step < training.num_steps and not stopped_early:
+        batch = train_ex.take(batch_rows(step, training.batch_size, len(train_ex),
+                                         training.seed))
+        state, loss = step_fn(state, batch)
+        step += 1
+        progress.update(1)
+        if step % training.eval_every and step != training.num_steps:
+          continue
+        val_loss = held_out_loss(state.params)
+        record = {"step": step, "loss": float(loss), "val_loss": val_loss,
+                  "learning_rate": float(schedule(step - 1)),
+                  "seconds": time.perf_counter() - started}
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        progress.set_postfix(loss=f"{float(loss):.4f}", val=f"{val_loss:.4f}")
+        if val_loss < best:
+          best, best_step, since = val_loss, step, 0
+          checkpointing.save(best_mngr, step, {"params": state.params}, step)
+        else:
+          since += 1
+        stopped_early = since >= training.patience
+        # Saved after `best`, so a restored step never has a newer best than recorded.
+        checkpointing.save(mngr, step, state, step)
+    progress.close()
+    mngr.wait_until_finished()
+    best_mngr.wait_until_finished()
+    mngr.close()
+    best_mngr.close()
+
+  summary = {"kind": kind, "train_solutions": len(train_ex), "validation_solutions": len(val_ex),
+             "steps": step, "best_step": best_step, "best_val_loss": best,
+             "stopped_early": bool(stopped_early)}
+  with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  print(f"{kind}: {summary['train_solutions']} train / {summary['validation_solutions']} "
+        f"held-out solutions, {step} steps, best held-out loss {best:.4f} at step {best_step}"
+        + (" (stopped early)" if stopped_early else ""))
+  return summary
+
+
+@gin.configurable(denylist=["workdir"])
+def train_prm(workdir: str, labels_file: str = "prm_labels.jsonl", output_dir: str = "prm",
+              training: RewardTraining = RewardTraining()):
+  """Stage: the process reward model, on the step labels of `label_prm`."""
+  return fit(workdir, "prm", labels_file, output_dir, training)
+
+
+@gin.configurable(denylist=["workdir"])
+def train_orm(workdir: str, labels_file: str = "prm_labels.jsonl", output_dir: str = "orm",
+              training: RewardTraining = RewardTraining()):
+  """Stage: the outcome reward model (baseline), on the final correctness of the same samples."""
+  return fit(workdir, "orm", labels_file, output_dir, training)
