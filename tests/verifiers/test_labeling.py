@@ -172,12 +172,21 @@ def _lines(path):
   return [json.loads(line) for line in open(path)]
 
 
+def _levels_in_turn(problems):
+  """The order label_prm takes questions in: the i-th of every level, for i = 0, 1, ..."""
+  rank = {}
+  for p in problems:
+    rank[p.uid] = sum(q.level == p.level for q in problems[:problems.index(p)])
+  return sorted(problems, key=lambda p: (rank[p.uid], p.level))
+
+
 # ----------------------------------------------------------------------------- labels
 
 
 def test_labels_equal_the_hand_worked_rollout_outcomes(tmp_path, task, fake):
   summary = _fake_run(tmp_path)
-  problems = tasks.problems_for(task, "train")[:10]
+  problems = _levels_in_turn(tasks.problems_for(task, "train"))[:10]
+  assert len({p.level for p in problems}) > 1  # a prefix of the split spans its levels
   records = labeling.read_labels(os.path.join(tmp_path, "prm_labels.jsonl"))
   assert [r["uid"] for r in records] == [p.uid for p in problems]
   for problem, record in zip(problems, records):
@@ -354,7 +363,7 @@ def test_real_policy_labels_are_consistent(policy_dir, task, tmp_path):
                                num_rollouts=4, max_new_tokens=40, batch_size=16,
                                questions_per_chunk=4)
   records = labeling.read_labels(str(workdir / "prm_labels.jsonl"))
-  problems = tasks.problems_for(task, "test")
+  problems = _levels_in_turn(tasks.problems_for(task, "test"))
   assert [r["uid"] for r in records] == [p.uid for p in problems]
   samples = [s for r in records for s in r["samples"]]
   assert summary["solutions_kept"] == len(samples) > 0
