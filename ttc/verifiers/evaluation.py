@@ -88,14 +88,12 @@ def _threshold_from_labels(prm, prm_params, workdir, labels_file, validation_per
   """The first-error threshold of best F1 on the labels' held-out questions (true labels)."""
   records = [r for r in labeling.read_labels(os.path.join(workdir, labels_file))
              if labeling.split_of_uid(r["uid"], validation_percent) == "validation"]
-  prompts = [r["prompt"] for r in records for _ in r["samples"]]
-  texts = [s["text"] for r in records for s in r["samples"]]
-  truth = [s["true"] for r in records for s in r["samples"]]
-  seqs, ends = [], []
-  for prompt, text in zip(prompts, texts):
-    s, e, _ = _sequences(prompt, [text])
+  seqs, ends, truth = [], [], []
+  for r in records:
+    s, e, _ = _sequences(r["prompt"], [sample["text"] for sample in r["samples"]])
     seqs += s
     ends += e
+    truth += [sample["true"] for sample in r["samples"]]
   scores = scoring.score_solutions(prm, prm_params, seqs, ends, batch_size=batch_size)
   return metrics.best_threshold(scores, truth)
 
@@ -125,7 +123,9 @@ def evaluate_verifiers(workdir: str, task_name: str = gin.REQUIRED, split: str =
     seqs, ends, lasts = [], [], []
     for problem, rows in zip(problems, solutions):
       s, e, l = _sequences(problem.prompt, [r["text"] for r in rows])
-      seqs, ends, lasts = seqs + s, ends + e, lasts + l
+      seqs += s
+      ends += e
+      lasts += l
     prm_steps = scoring.score_solutions(prm, prm_params, seqs, ends, batch_size=score_batch_size)
     orm_final = [s[0] for s in scoring.score_solutions(orm, orm_params, seqs, lasts,
                                                        batch_size=score_batch_size)]

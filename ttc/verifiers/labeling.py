@@ -31,7 +31,7 @@ import tqdm
 from ttc.data import arith, tasks, vocab
 from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
-from ttc.evaluate import load_policy
+from ttc.evaluate import load_policy, select_problems
 from ttc.train import partitioning
 
 # (key, type) of each question line and each of its samples; read_labels checks them.
@@ -315,12 +315,8 @@ def _check_settings(path: str, settings: dict, resuming: bool) -> None:
 
 def _select_problems(task_name: str, split: str, num_questions: int) -> list:
   """Levels interleaved (one question of each in turn), so any prefix covers all levels."""
-  try:
-    problems = tasks.problems_for(task_name, split)
-  except ValueError as e:
-    raise UserError(str(e)) from e
   by_level = {}
-  for p in problems:
+  for p in select_problems(task_name, split):
     by_level.setdefault(p.level, []).append(p)
   queues = list(by_level.values())
   interleaved = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
