@@ -46,6 +46,8 @@ def _import_configurables():
   # Importing registers every configurable a gin file may name.
   import ttc.data.tasks  # noqa: F401
   import ttc.evaluate  # noqa: F401
+  import ttc.search.report  # noqa: F401
+  import ttc.search.sweep  # noqa: F401
   import ttc.train.trainer  # noqa: F401
   import ttc.verifiers.evaluation  # noqa: F401
   import ttc.verifiers.labeling  # noqa: F401

@@ -385,7 +385,7 @@ def test_real_policy_labels_are_consistent(policy_dir, task, tmp_path):
 _KILL_AT_SECOND_CHUNK = """
 import json, os, signal, sys
 from ttc import main
-from ttc.verifiers import labeling
+from ttc import resumable
 
 writes = []
 
@@ -401,7 +401,7 @@ def write_then_die(path, records):
     os.fsync(f.fileno())
   os.kill(os.getpid(), signal.SIGKILL)
 
-real, labeling._append_lines = labeling._append_lines, write_then_die
+real, resumable.append_lines = resumable.append_lines, write_then_die
 sys.exit(main.main(sys.argv[1:]))
 """
 

@@ -317,6 +317,12 @@ def extract_answer(text: str) -> Optional[str]:
   return found[-1] if found else None
 
 
+def answer_key(answer: str):
+  """What makes two extracted answers equal: integers by value ('007' == '7'), else the text."""
+  text = answer.strip()
+  return int(text) if text.isdigit() else text
+
+
 def grade(text: str, answer: int) -> bool:
   """Exact integer match of the last boxed answer. Never raises."""
   got = extract_answer(text)

@@ -56,11 +56,30 @@ class KVCache:
     return self.positions.shape[1]
 
   def take_rows(self, rows_B: jax.Array) -> "KVCache":
-    """The cache whose row b is this cache's row rows_B[b]: forks (repeated rows) and
-    reorders beams in one gather. rows_B: int32 [B'] source rows."""
-    take = lambda layers: tuple(jnp.take(x, rows_B, axis=0) for x in layers)
-    return self.replace(k=take(self.k), v=take(self.v),
-                        positions=jnp.take(self.positions, rows_B, axis=0))
+    """The cache whose row b is this cache's row rows_B[b], with its written slots packed.
+
+    One gather forks rows (repeated indices) and reorders beams (a permutation).
+    It also moves each row's written slots to the front, in order, and sets `end` to
+    the most any row holds. Rows write in lockstep, so a row that stopped early in
+    a step leaves empty slots while the longest row continues; packing hands them
+    back, and a search's cache needs about one solution plus one step of slots
+    instead of the sum of every round's longest step. Attention masks keys by
+    their position ids, and keys carry their rotary position already, so where a
+    key sits changes nothing that attention computes.
+
+    rows_B: int32 [B'] source rows.
+    """
+    written_BxS = jnp.take(self.positions, rows_B, axis=0) != EMPTY_POSITION
+    slots_BxS = jnp.argsort(~written_BxS, axis=1, stable=True)  # written first, in order
+    num_kv_heads = self.k[0].shape[1]
+    # One gather per array: [B', 1, 1] rows x [1, K, 1] heads x [B', 1, S] slots.
+    take = lambda x: x[rows_B[:, None, None], jnp.arange(num_kv_heads)[None, :, None],
+                       slots_BxS[:, None, :]]
+    return self.replace(
+        k=tuple(map(take, self.k)), v=tuple(map(take, self.v)),
+        positions=jnp.take(self.positions, rows_B, axis=0)[
+            jnp.arange(rows_B.shape[0])[:, None], slots_BxS],
+        end=jnp.max(jnp.sum(written_BxS, axis=1)).astype(jnp.int32))
 
 
 @flax.struct.dataclass

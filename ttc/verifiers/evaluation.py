@@ -149,8 +149,9 @@ def evaluate_verifiers(workdir: str, task_name: str = gin.REQUIRED, split: str =
 
   # Answer level: [Q, K] arrays, answers made ids per question (equal integers = equal ids).
   shape = (len(problems), num_samples)
-  answer_ids = np.stack([aggregation.canonical_ids([r["answer"] for r in rows], _canonical)
-                         for rows in solutions])
+  answer_ids = np.stack([
+      aggregation.canonical_ids([r["answer"] for r in rows], arith.answer_key)
+      for rows in solutions])
   correct = np.asarray([r["correct"] for r in flat]).reshape(shape)
   scores = {"ORM weighted": np.asarray(orm_final, np.float32).reshape(shape)}
   for how in PRM_AGGREGATIONS:
@@ -192,8 +193,3 @@ def evaluate_verifiers(workdir: str, task_name: str = gin.REQUIRED, split: str =
     json.dump(results, f, indent=1)
   return results
 
-
-def _canonical(answer: str):
-  """Integers compare by value ('007' == '7'); anything else by its stripped text."""
-  text = answer.strip()
-  return int(text) if text.isdigit() else text

@@ -28,6 +28,7 @@ import seqio
 import tensorflow as tf
 import tqdm
 
+from ttc import resumable
 from ttc.data import arith, tasks, vocab
 from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
@@ -249,67 +250,6 @@ def read_labels(path: str) -> list[dict]:
   return records
 
 
-def _repair(path: str) -> set:
-  """Drops a last line cut by kill -9 (no newline, or not JSON); returns the uids present.
-
-  Raises UserError for any other bad line: that is damage a kill does not do.
-  """
-  if not os.path.exists(path):
-    return set()
-  with open(path, "rb") as f:
-    data = f.read()
-  lines = data.split(b"\n")
-  uids, keep_bytes = set(), 0
-  for lineno, line in enumerate(lines[:-1], start=1):
-    try:
-      json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-      if lineno == len(lines) - 1 and not lines[-1]:
-        break  # the last line: newline written, JSON cut (or garbage) before it
-    record = _parse_line(line, path, lineno, _DAMAGED_HINT)
-    if record["uid"] in uids:
-      raise UserError(f"{path} line {lineno}: uid {record['uid']} repeats; {_DAMAGED_HINT}")
-    uids.add(record["uid"])
-    keep_bytes += len(line) + 1
-  if keep_bytes < len(data):
-    with open(path, "r+b") as f:
-      f.truncate(keep_bytes)
-      f.flush()
-      os.fsync(f.fileno())
-    print(f"{path}: dropped {len(data) - keep_bytes} bytes of a line cut by an earlier run")
-  return uids
-
-
-def _append_lines(path: str, records: list[dict]) -> None:
-  """Appends one chunk with one write, then fsync: a kill leaves at most a cut last line."""
-  data = "".join(json.dumps(r) + "\n" for r in records)
-  with open(path, "a") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _check_settings(path: str, settings: dict, resuming: bool) -> None:
-  """Pins the settings of a labels file in `<name>.settings.json` beside it.
-
-  Resuming with other settings (or a retrained policy) would mix labels of two different
-  experiments in one file, so that is an error rather than a silent append.
-  """
-  settings_path = os.path.splitext(path)[0] + ".settings.json"
-  if resuming and os.path.exists(settings_path):
-    with open(settings_path) as f:
-      before = json.load(f)
-    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-    if changed:
-      diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-      raise UserError(f"{path} was labelled with other settings ({diff}); delete it (and "
-                      f"{settings_path}) or set label_prm.labels_file to a new name")
-  tmp = settings_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(settings, f, indent=1)
-  os.replace(tmp, settings_path)
-
-
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -385,7 +325,8 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
   problems = _select_problems(task_name, split, num_questions)
   path = os.path.join(workdir, labels_file)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  done = _repair(path)
+  done = resumable.repair(path, lambda line, n: _parse_line(line, path, n, _DAMAGED_HINT),
+                          lambda record: record["uid"], _DAMAGED_HINT)
   # Settings whose change would mix incomparable labels in one file. batch_size and
   # questions_per_chunk only regroup the sampling: changing them on resume still gives
   # valid labels, though not bit-identical to a straight run.
@@ -398,7 +339,8 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
   counts = _Counts()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     model, params, step = load_policy(workdir, mesh, rules)
-    _check_settings(path, {**settings, "policy_step": int(step)}, resuming=os.path.exists(path))
+    resumable.pin_settings(path, {**settings, "policy_step": int(step)},
+                           os.path.exists(path), "set label_prm.labels_file to a new name")
     policy = _Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
                      max_new_tokens)
     key = jax.random.key(seed)
@@ -409,7 +351,7 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
         if any(p.uid not in done for p in chunk):
           records = _label_chunk(policy, chunk, jax.random.fold_in(key, chunk_index),
                                  num_solutions, num_rollouts, batch_size, counts)
-          _append_lines(path, [r for r in records if r["uid"] not in done])
+          resumable.append_lines(path, [r for r in records if r["uid"] not in done])
         progress.update(len(chunk))
 
   summary = _summarize(path, problems, counts)

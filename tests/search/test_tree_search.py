@@ -1,0 +1,135 @@
+"""Search against stub models whose best path is known by construction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ttc.decoding import samplers
+from ttc.search import methods, tree_search
+from ttc.verifiers import aggregation
+from tests.search.stubs import StubPolicy, StubPrm, paths
+
+SAMPLER = samplers.Temperature(jnp.float32(1.0))
+
+
+def _run(policy, prm, name, budget, num_problems=1, seed=0):
+  config = methods.make_config(name, budget, max_solution_tokens=64, max_step_tokens=16)
+  prompts = jnp.ones((num_problems, 2), jnp.int32)
+  lengths = jnp.full((num_problems,), 2, jnp.int32)
+  live = jnp.ones((num_problems,), bool)
+  return tree_search.search(policy, prm, None, None, prompts, lengths, live,
+                            jax.random.key(seed), SAMPLER, config)
+
+
+def _chosen_paths(result, num_choices):
+  """The weighted best-of-N pick of each problem (answer = the path)."""
+  found = paths(result, num_choices)
+  picks = []
+  for q in range(found.shape[0]):
+    ids = np.where(np.asarray(result.complete_QxN[q]), found[q], aggregation.NO_ANSWER)
+    picks.append(found[q, int(aggregation.choose_answer(ids, result.scores_QxN[q]))])
+  return np.asarray(picks)
+
+
+# 4 choices per step: the best path is all zeros. Every prefix on it scores 0.9,
+# every other prefix 0.02 (so that many votes for one wrong answer weigh less than one
+# right one): only search finds it reliably.
+ON_PATH = StubPrm(4, lambda path, depth: jnp.where(path == 0, 0.9, 0.02))
+
+
+def test_beam_search_finds_the_best_path_that_best_of_n_misses():
+  policy = StubPolicy(depth=5, num_choices=4)  # the best path is 1 in 1024 solutions
+  beam = _chosen_paths(_run(policy, ON_PATH, "beam_m4", 32, num_problems=8), 4)
+  best_of_n = _chosen_paths(_run(policy, ON_PATH, "best_of_n", 32, num_problems=8), 4)
+  np.testing.assert_array_equal(beam, 0)
+  # Best-of-32 finds a 1-in-1024 path with probability 3%.
+  assert np.sum(best_of_n == 0) <= 1, best_of_n
+
+
+def test_every_row_finishes_with_depth_steps_and_a_count_of_its_tokens():
+  policy = StubPolicy(depth=4, num_choices=4)
+  for name in ("best_of_n", "beam_m4", "lookahead_k1", "dvts_m4"):
+    r = _run(policy, ON_PATH, name, 16, num_problems=2)
+    assert np.all(np.asarray(r.complete_QxN))
+    np.testing.assert_array_equal(r.lengths_QxN, 8)
+    rows = methods.make_config(name, 16, max_solution_tokens=64, max_step_tokens=16).num_rows
+    generated = np.asarray(r.tokens_generated_Q)
+    if name == "best_of_n":
+      np.testing.assert_array_equal(generated, rows * 8)
+    else:  # step-by-step: N rows x 4 steps x 2 tokens, plus rollouts for lookahead
+      assert np.all(generated >= rows * 8), (name, generated)
+    np.testing.assert_array_equal(r.prm_tokens_Q, generated + 2)  # + the 2-token prompt
+
+
+# A trap for myopic search: after one step, choice 1 looks best (0.8) but every
+# solution through it is wrong (0.1); choice 0 looks mediocre (0.5) but leads to 0.9.
+def _trap(path, depth):
+  first = jnp.where(depth == 1, path, path // 4)
+  one_step = jnp.where(first == 1, 0.8, jnp.where(first == 0, 0.5, 0.3))
+  two_steps = jnp.where(first == 0, 0.9, jnp.where(first == 1, 0.1, 0.2))
+  return jnp.where(depth == 1, one_step, two_steps)
+
+
+def test_lookahead_sees_past_the_trap_and_k0_is_beam_search():
+  policy = StubPolicy(depth=2, num_choices=4)
+  prm = StubPrm(4, _trap)
+  # Keep 1 of 32 candidates: the first round samples both choices 0 and 1.
+  beam = _run(policy, prm, "beam_m32", 32, num_problems=4)
+  k0 = _run(policy, prm, "lookahead_k0_m32", 32, num_problems=4)
+  k1 = _run(policy, prm, "lookahead_k1_m32", 64, num_problems=4)  # N = 64 // 2 = 32
+  jax.tree.map(np.testing.assert_array_equal, k0, beam)  # exactly the same program output
+  np.testing.assert_array_equal(_chosen_paths(beam, 4) // 4, 1)  # fell into the trap
+  np.testing.assert_array_equal(_chosen_paths(k1, 4) // 4, 0)  # saw past it
+  # The rollouts cost one more step of 2 tokens for each of the 32 first-round rows.
+  np.testing.assert_array_equal(k1.tokens_generated_Q, beam.tokens_generated_Q + 32 * 2)
+
+
+def test_dvts_keeps_n_over_m_independent_subtrees():
+  # 64 first choices, so independent subtrees almost surely start differently.
+  policy = StubPolicy(depth=3, num_choices=64)
+  # A prefix scores by its first choice, so beam search's best root takes over.
+  prm = StubPrm(64, lambda path, depth: (path // 64 ** (depth - 1)).astype(jnp.float32) / 64)
+  dvts = paths(_run(policy, prm, "dvts_m4", 16), 64)[0]
+  roots = dvts // 64 ** 2
+  groups = roots.reshape(4, 4)  # N / M = 4 subtrees of M = 4 rows
+  assert all(len(set(g)) == 1 for g in groups), groups  # each subtree has one root
+  assert len(set(groups[:, 0])) == 4  # and the four roots differ
+  beam = paths(_run(policy, prm, "beam_m4", 16), 64)[0]
+  assert len(set(beam // 64 ** 2)) == 1
+
+
+def test_greedy_best_of_n_rows_are_identical_and_budget_limits_hold():
+  policy = StubPolicy(depth=3, num_choices=4, logits=(0.0, 2.0, 0.0, 0.0))
+  config = methods.make_config("best_of_n", 4, max_solution_tokens=64, max_step_tokens=16)
+  r = tree_search.search(policy, ON_PATH, None, None, jnp.ones((1, 2), jnp.int32),
+                         jnp.array([2]), jnp.array([True]), jax.random.key(0),
+                         samplers.Greedy(), config)
+  np.testing.assert_array_equal(paths(r, 4), 1 * 16 + 1 * 4 + 1)  # argmax every step
+
+
+def test_padding_problems_generate_nothing():
+  policy = StubPolicy(depth=2, num_choices=4)
+  config = methods.make_config("beam_m2", 4, max_solution_tokens=64, max_step_tokens=16)
+  r = tree_search.search(policy, ON_PATH, None, None, jnp.ones((2, 2), jnp.int32),
+                         jnp.array([2, 2]), jnp.array([True, False]), jax.random.key(0), SAMPLER,
+                         config)
+  np.testing.assert_array_equal(r.tokens_generated_Q, [4 * 4, 0])
+  np.testing.assert_array_equal(r.prm_tokens_Q, [4 * 4 + 2, 0])
+  assert not np.any(np.asarray(r.complete_QxN[1]))
+
+
+@pytest.mark.parametrize("name,budget,rows,group,expand,k", [
+    ("best_of_n", 16, 16, 16, 1, 0), ("beam_m4", 16, 16, 16, 4, 0),
+    ("beam_sqrt", 64, 64, 64, 8, 0), ("beam_sqrt", 32, 32, 32, 4, 0),
+    ("lookahead_k3", 64, 16, 16, 4, 3), ("lookahead_k1", 4, 2, 2, 2, 1),
+    ("dvts_m4", 64, 64, 4, 4, 0), ("beam_m4", 2, 2, 2, 2, 0)])
+def test_method_configs(name, budget, rows, group, expand, k):
+  c = methods.make_config(name, budget, max_solution_tokens=64, max_step_tokens=16)
+  assert (c.num_rows, c.group_size, c.expand, c.lookahead_steps) == (rows, group, expand, k)
+  assert c.generations == rows * (k + 1) <= budget
+
+
+def test_unknown_method_is_one_clear_error():
+  with pytest.raises(ValueError, match="unknown search method 'beam4'"):
+    methods.make_config("beam4", 4, max_solution_tokens=8, max_step_tokens=4)

@@ -1,0 +1,77 @@
+"""Append-only JSONL result files that survive `kill -9` (labels, sweeps).
+
+A stage that produces one record per unit of work (a question's labels, a search
+run on a problem) appends each batch of records with one write and an fsync, so a
+kill leaves at most one cut last line. On restart `repair` drops that line and
+returns the keys already done; the stage recomputes the rest. `pin_settings` keeps
+a rerun with other settings from mixing two experiments in one file.
+"""
+
+import json
+import os
+from typing import Callable, Hashable
+
+from ttc.errors import UserError
+
+
+def repair(path: str, parse: Callable[[bytes, int], dict], key: Callable[[dict], Hashable],
+           hint: str) -> set:
+  """Drops a last line cut by kill -9 (no newline, or not JSON); returns the keys present.
+
+  parse(line, lineno) -> record, raising UserError for a bad line; key(record) names
+  the unit of work. Any damage other than a cut last line (a bad line in the middle,
+  a repeated key) is a UserError ending with `hint`: that is not what a kill does.
+  """
+  if not os.path.exists(path):
+    return set()
+  with open(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  keys, keep_bytes = set(), 0
+  for lineno, line in enumerate(lines[:-1], start=1):
+    try:
+      json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      if lineno == len(lines) - 1 and not lines[-1]:
+        break  # the last line: newline written, JSON cut (or garbage) before it
+    record = parse(line, lineno)
+    if key(record) in keys:
+      raise UserError(f"{path} line {lineno}: {key(record)} repeats; {hint}")
+    keys.add(key(record))
+    keep_bytes += len(line) + 1
+  if keep_bytes < len(data):
+    with open(path, "r+b") as f:
+      f.truncate(keep_bytes)
+      f.flush()
+      os.fsync(f.fileno())
+    print(f"{path}: dropped {len(data) - keep_bytes} bytes of a line cut by an earlier run")
+  return keys
+
+
+def append_lines(path: str, records: list[dict]) -> None:
+  """Appends records with one write, then fsync: a kill leaves at most a cut last line."""
+  data = "".join(json.dumps(r) + "\n" for r in records)
+  with open(path, "a") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def pin_settings(path: str, settings: dict, resuming: bool, rename_hint: str) -> None:
+  """Records `settings` in `<name>.settings.json` beside `path`; on resume, they must match.
+
+  rename_hint: how to start a separate file instead (e.g. the gin binding to change).
+  """
+  settings_path = os.path.splitext(path)[0] + ".settings.json"
+  if resuming and os.path.exists(settings_path):
+    with open(settings_path) as f:
+      before = json.load(f)
+    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    if changed:
+      diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+      raise UserError(f"{path} was written with other settings ({diff}); delete it (and "
+                      f"{settings_path}) or {rename_hint}")
+  tmp = settings_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(settings, f, indent=1)
+  os.replace(tmp, settings_path)

@@ -1,0 +1,92 @@
+"""The paper's search methods as `SearchConfig`s for a generation budget.
+
+A method is named in gin (`search_sweep.methods`) by a string:
+
+  best_of_n          N = budget independent solutions, weighted best-of-N.
+  beam_m{M}          beam search, N = budget beams, keep N/M, expand each M ways.
+  beam_sqrt          beam search with M = sqrt(N) (the largest divisor of N <= sqrt(N)).
+  lookahead_k{k}     beam search (M = 4) valuing each step by a k-step greedy rollout;
+                     the budget counts N * (k + 1) generations, so N = budget // (k + 1).
+  lookahead_k{k}_m{M}  the same with another beam width.
+  dvts_m{M}          diverse verifier tree search: N / M independent subtrees of width M.
+
+M is capped at N (a budget of 2 cannot expand 4 ways).
+"""
+
+import math
+import re
+
+from ttc.search.tree_search import PAPER_MAX_ROUNDS, SearchConfig
+
+DEFAULT_LOOKAHEAD_WIDTH = 4
+_PATTERNS = (
+    ("best_of_n", re.compile(r"best_of_n")),
+    ("beam", re.compile(r"beam_m(\d+)")),
+    ("beam_sqrt", re.compile(r"beam_sqrt")),
+    ("lookahead", re.compile(r"lookahead_k(\d+)(?:_m(\d+))?")),
+    ("dvts", re.compile(r"dvts_m(\d+)")),
+)
+
+
+def sqrt_width(num_rows: int) -> int:
+  """The largest divisor of N that is at most sqrt(N): M = sqrt(N) for square N."""
+  return max(d for d in range(1, math.isqrt(num_rows) + 1) if num_rows % d == 0)
+
+
+def parse(name: str) -> tuple[str, tuple[int, ...]]:
+  """('beam', (4,)) from 'beam_m4'; ValueError naming the accepted forms otherwise."""
+  for kind, pattern in _PATTERNS:
+    match = pattern.fullmatch(name)
+    if match:
+      return kind, tuple(int(g) for g in match.groups() if g is not None)
+  raise ValueError(f"unknown search method {name!r}; use best_of_n, beam_m<M>, beam_sqrt, "
+                   "lookahead_k<k>[_m<M>] or dvts_m<M>")
+
+
+def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_tokens: int,
+                max_rounds: int = PAPER_MAX_ROUNDS, num_slots: int = 0,
+                prm_slots: int = 0, prm_chunk: int = 8) -> SearchConfig:
+  """The `SearchConfig` of method `name` at a budget of `budget` generations.
+
+  num_slots: policy cache slots per row; 0 = the solution length, plus one step
+    per round of rollout and one for the round's own step in step-by-step search
+    (rows write in lockstep and are packed between rounds: `KVCache.take_rows`).
+  prm_slots: 0 = num_slots plus one `prm_chunk` per step in flight (the PRM scores
+    in chunks, rounding each step up).
+  """
+  kind, args = parse(name)
+  if budget < 1:
+    raise ValueError(f"budget must be >= 1, got {budget}")
+  lookahead = 0
+  if kind == "best_of_n":
+    rows, group, expand = budget, budget, 1
+  elif kind == "beam":
+    rows = budget
+    group, expand = rows, min(args[0], rows)
+  elif kind == "beam_sqrt":
+    rows = budget
+    group, expand = rows, sqrt_width(rows)
+  elif kind == "lookahead":
+    lookahead = args[0]
+    rows = budget // (lookahead + 1)
+    if rows < 1:
+      raise ValueError(f"{name} needs a budget of at least {lookahead + 1} generations")
+    group = rows
+    expand = min(args[1] if len(args) > 1 else DEFAULT_LOOKAHEAD_WIDTH, rows)
+  else:  # dvts
+    width = min(args[0], budget)
+    if budget % width:
+      raise ValueError(f"{name}: budget {budget} is not a multiple of the width {width}")
+    rows, group, expand = budget, width, width
+  if expand < 1:
+    raise ValueError(f"{name}: the beam width must be >= 1")
+  whole = kind == "best_of_n"
+  if not num_slots:
+    num_slots = max_solution_tokens + (0 if whole else (lookahead + 1) * max_step_tokens)
+  if not prm_slots:
+    prm_slots = num_slots + (lookahead + 1) * prm_chunk
+  return SearchConfig(
+      num_rows=rows, group_size=group, expand=expand, lookahead_steps=lookahead,
+      step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,
+      max_solution_tokens=max_solution_tokens, max_rounds=max_rounds, num_slots=num_slots,
+      prm_slots=prm_slots)

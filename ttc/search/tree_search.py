@@ -1,0 +1,259 @@
+"""One compiled program for every PRM-guided search of the paper (§5): rounds of
+"generate a step, score it, keep the best, fork them".
+
+    result = tree_search.search(policy, prm, policy_params, prm_params, prompts_QxP,
+                                lengths_Q, live_Q, rng, sampler, config)
+
+Q problems run at once with N rows (candidate solutions) each. A round is:
+
+  1. every unfinished row generates one step (`policy.step`, sampled);
+  2. the PRM scores it incrementally (`prm.score`): a row's score is its latest
+     step's score, so a finished solution's score is its last step's;
+  3. lookahead (k > 0): each row is rolled out k more steps at temperature 0 on a
+     copy of both caches; its value is the PRM score where the rollout stops; the
+     copies are dropped. With k = 0 the value is the score, which is beam search;
+  4. `selection.select_parents` keeps the best unfinished rows of each group and
+     forks them; the policy's and the PRM's caches are reordered together.
+
+Rounds repeat in a `lax.while_loop` (the token loop inside `policy.step` is
+another) until every row finished or `max_rounds`. The N final rows are the
+candidates for weighted best-of-N (`ttc.verifiers.aggregation.choose_answer`),
+which the caller applies once it has read the answers off the tokens.
+
+Methods are settings of `SearchConfig` (see `ttc.search.methods`): best-of-N is one
+round of whole solutions without selection; beam search keeps N/M of N and forks M
+ways; DVTS does the same within N/M independent groups of M; lookahead is beam
+search with k > 0.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ttc.decoding import samplers, sampling, steps
+from ttc.search import selection
+
+PAPER_MAX_ROUNDS = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """The static settings of a search program; a new value compiles a new program.
+
+  num_rows: N candidate solutions per problem.
+  group_size: rows compete for survival within groups of this many (N: beam
+    search; M: DVTS's N/M subtrees).
+  expand: M, copies of each surviving row; 1 = no selection (best-of-N).
+  lookahead_steps: k, greedy steps of rollout valuing each candidate (0 = none).
+  step_by_step: False generates each solution in one go (best-of-N); True stops at
+    the step delimiter so the PRM can steer between steps.
+  max_step_tokens: tokens one step may take (a longer step continues next round).
+  max_solution_tokens: a row that reaches this many tokens stops (unfinished).
+  max_rounds: rounds of generate-score-select (the paper: 40).
+  num_slots / prm_slots: KV-cache slots per row of the policy / the PRM. Rows write
+    in lockstep (a round takes the longest row's step length) and are packed again
+    after each round (`KVCache.take_rows`), so about one solution plus one step per
+    round of lookahead is enough. Rows that run out of slots stop unfinished; PRM
+    overflow is flagged.
+  """
+
+  num_rows: int
+  group_size: int
+  expand: int = 1
+  lookahead_steps: int = 0
+  step_by_step: bool = True
+  max_step_tokens: int = 32
+  max_solution_tokens: int = 144
+  max_rounds: int = PAPER_MAX_ROUNDS
+  num_slots: int = 176
+  prm_slots: int = 184
+
+  def __post_init__(self):
+    if self.num_rows < 1 or self.num_rows % self.group_size:
+      raise ValueError(f"num_rows={self.num_rows} must be a positive multiple of "
+                       f"group_size={self.group_size}")
+    if not 1 <= self.expand <= self.group_size:
+      raise ValueError(f"expand={self.expand} must lie in [1, group_size={self.group_size}]")
+    if self.lookahead_steps < 0 or self.max_rounds < 1 or self.max_step_tokens < 1:
+      raise ValueError(f"bad search settings {self}")
+
+  @property
+  def generations(self) -> int:
+    """The budget in the paper's units: N * (k + 1) solution generations."""
+    return self.num_rows * (self.lookahead_steps + 1)
+
+
+@flax.struct.dataclass
+class SearchState:
+  """The carry of the round loop; B = Q * N rows, prompt-major; W = buffer width.
+
+  policy / prm: the callbacks' own per-row states (caches).
+  tokens_BxW: int32 each row's solution so far, pad after length_B.
+  length_B: int32 solution tokens so far.
+  score_B: float32 PRM score after the row's latest step (0 before its first).
+  complete_B: bool the solution ended with EOS (only those carry an answer).
+  round: [] int32 rounds done.
+  tokens_generated_Q: int32 policy tokens sampled per problem, rollouts included.
+  prm_tokens_Q: int32 tokens the PRM ran per problem: the prompt once, then every
+    generated token once (rollouts included).
+  """
+
+  policy: Any
+  prm: Any
+  tokens_BxW: jax.Array
+  length_B: jax.Array
+  score_B: jax.Array
+  complete_B: jax.Array
+  round: jax.Array
+  tokens_generated_Q: jax.Array
+  prm_tokens_Q: jax.Array
+
+
+@flax.struct.dataclass
+class SearchResult:
+  """The N final candidates of each of Q problems.
+
+  tokens_QxNxW / lengths_QxN: solutions (pad after the length).
+  scores_QxN: float32 PRM score of each solution's last step.
+  complete_QxN: bool ended with EOS.
+  rounds: [] int32 rounds run; tokens_generated_Q, prm_tokens_Q: as in SearchState.
+  prm_overflowed: [] bool some step did not fit in the PRM's slots (raise prm_slots).
+  """
+
+  tokens_QxNxW: jax.Array
+  lengths_QxN: jax.Array
+  scores_QxN: jax.Array
+  complete_QxN: jax.Array
+  rounds: jax.Array
+  tokens_generated_Q: jax.Array
+  prm_tokens_Q: jax.Array
+  prm_overflowed: jax.Array
+
+
+def _per_problem(x_B, num_problems: int):
+  return jnp.sum(x_B.reshape(num_problems, -1), axis=1).astype(jnp.int32)
+
+
+def _append(tokens_BxW, new_BxG, length_B, active_B):
+  """Writes each active row's new tokens at its current length."""
+  put = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
+  return jnp.where(active_B[:, None], put(tokens_BxW, new_BxG, length_B), tokens_BxW)
+
+
+def _lookahead(policy, prm, policy_params, prm_params, policy_state, prm_state, score_B,
+               length_B, config: SearchConfig, num_problems: int):
+  """Values of the rows after k greedy rollout steps; the rollouts are thrown away.
+
+  Returns ([B] float32 value: the PRM score after the rollout's last step, or the
+  row's own score if it had finished; [Q] tokens generated; [Q] PRM tokens).
+  """
+  greedy = samplers.Greedy()
+
+  def cond(carry):
+    i, p, *_ = carry
+    return (i < config.lookahead_steps) & ~jnp.all(policy.finished(p))
+
+  def body(carry):
+    i, p, r, value_B, length_B, generated_Q = carry
+    # Greedy ignores the key.
+    out, p = policy.step(policy_params, p, jax.random.key(0), greedy, config.max_step_tokens,
+                         True)
+    new_score_B, r = prm.score(prm_params, r, out.tokens_BxG, out.lengths_B)
+    value_B = jnp.where(out.lengths_B > 0, new_score_B, value_B)
+    length_B = length_B + out.lengths_B
+    p = policy.finish(p, length_B >= config.max_solution_tokens)
+    return (i + 1, p, r, value_B, length_B,
+            generated_Q + _per_problem(out.lengths_B, num_problems))
+
+  zero_Q = jnp.zeros((num_problems,), jnp.int32)
+  _, _, _, value_B, _, generated_Q = jax.lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), policy_state, prm_state, score_B, length_B,
+                   zero_Q))
+  return value_B, generated_Q
+
+
+def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchConfig,
+           s: SearchState) -> SearchState:
+  num_rows = config.num_rows
+  num_problems = s.length_B.shape[0] // num_rows
+  out, policy_state = policy.step(policy_params, s.policy, jax.random.fold_in(rng, s.round),
+                                  sampler, config.max_step_tokens, config.step_by_step)
+  active_B = out.lengths_B > 0
+  tokens_BxW = _append(s.tokens_BxW, out.tokens_BxG, s.length_B, active_B)
+  length_B = s.length_B + out.lengths_B
+  new_score_B, prm_state = prm.score(prm_params, s.prm, out.tokens_BxG, out.lengths_B)
+  score_B = jnp.where(active_B, new_score_B, s.score_B)
+  complete_B = s.complete_B | (out.stop_reason_B == sampling.StopReason.EOS)
+  policy_state = policy.finish(policy_state, length_B >= config.max_solution_tokens)
+  generated_Q = s.tokens_generated_Q + _per_problem(out.lengths_B, num_problems)
+  prm_tokens_Q = s.prm_tokens_Q + _per_problem(out.lengths_B, num_problems)
+
+  if config.step_by_step:
+    value_B = score_B
+    if config.lookahead_steps:
+      value_B, rollout_Q = _lookahead(policy, prm, policy_params, prm_params, policy_state,
+                                      prm_state, score_B, length_B, config, num_problems)
+      generated_Q += rollout_Q
+      prm_tokens_Q += rollout_Q  # the PRM scores every rollout token once
+    alive_QxN = ~policy.finished(policy_state).reshape(num_problems, num_rows)
+    if config.expand > 1:
+      parent_QxN = selection.select_parents(value_B.reshape(num_problems, num_rows), alive_QxN,
+                                            group_size=config.group_size, expand=config.expand)
+    else:  # no selection; taking the rows still packs their cache slots (KVCache.take_rows)
+      parent_QxN = jnp.broadcast_to(jnp.arange(num_rows, dtype=jnp.int32), alive_QxN.shape)
+    policy_state = policy.take_rows(policy_state, parent_QxN)
+    prm_state = prm.take_rows(prm_state, parent_QxN)
+    rows_B = steps.flat_rows(parent_QxN, num_rows)
+    take = lambda x: jnp.take(x, rows_B, axis=0)
+    tokens_BxW, length_B, score_B, complete_B = map(
+        take, (tokens_BxW, length_B, score_B, complete_B))
+
+  return SearchState(policy=policy_state, prm=prm_state, tokens_BxW=tokens_BxW,
+                     length_B=length_B, score_B=score_B,
+                     complete_B=complete_B, round=s.round + 1,
+                     tokens_generated_Q=generated_Q, prm_tokens_Q=prm_tokens_Q)
+
+
+@functools.partial(jax.jit, static_argnames=("policy", "prm", "config"))
+def search(policy, prm, policy_params, prm_params, prompts_QxP, lengths_Q, live_Q, rng,
+           sampler: samplers.Sampler, config: SearchConfig) -> SearchResult:
+  """Runs one search over Q left-padded prompts; see the module docstring.
+
+  policy / prm: callbacks (`ttc.search.callbacks`); static, hashable.
+  prompts_QxP, lengths_Q: int32 left-padded prompts and their lengths.
+  live_Q: bool; False rows are batch padding: they generate and score nothing.
+  rng: sampling key; round r samples with fold_in(rng, r), whatever k is, so a
+    lookahead search and a beam search of the same seed draw the same keys.
+  sampler: how steps are sampled (its array fields are traced).
+  """
+  num_problems = prompts_QxP.shape[0]
+  num_rows = config.num_rows
+  batch = num_problems * num_rows
+  policy_state = policy.start(policy_params, prompts_QxP, lengths_Q, num_rows, config.num_slots)
+  policy_state = policy.finish(policy_state, jnp.repeat(~live_Q, num_rows))
+  prm_state = prm.start(prm_params, prompts_QxP, lengths_Q, num_rows, config.prm_slots)
+  width = config.max_solution_tokens + config.max_step_tokens
+  state = SearchState(
+      policy=policy_state, prm=prm_state,
+      tokens_BxW=jnp.zeros((batch, width), jnp.int32),
+      length_B=jnp.zeros((batch,), jnp.int32), score_B=jnp.zeros((batch,), jnp.float32),
+      complete_B=jnp.zeros((batch,), bool),
+      round=jnp.zeros((), jnp.int32), tokens_generated_Q=jnp.zeros((num_problems,), jnp.int32),
+      prm_tokens_Q=jnp.where(live_Q, lengths_Q, 0).astype(jnp.int32))
+
+  def cond(s):
+    return (s.round < config.max_rounds) & ~jnp.all(policy.finished(s.policy))
+
+  body = functools.partial(_round, policy, prm, policy_params, prm_params, rng, sampler, config)
+  s = jax.lax.while_loop(cond, body, state)
+  shape = (num_problems, num_rows)
+  return SearchResult(
+      tokens_QxNxW=s.tokens_BxW.reshape(*shape, width), lengths_QxN=s.length_B.reshape(shape),
+      scores_QxN=s.score_B.reshape(shape), complete_QxN=s.complete_B.reshape(shape),
+      rounds=s.round,
+      tokens_generated_Q=s.tokens_generated_Q, prm_tokens_Q=s.prm_tokens_Q,
+      prm_overflowed=prm.overflowed(s.prm))
