@@ -53,7 +53,7 @@ def main():
     policy_model, policy_params, _ = load_policy(args.workdir, mesh, rules)
     prm_model, prm_params = reward_model.load(os.path.join(args.workdir, "prm"), mesh, rules)
     delimiter = vocab.CharVocabulary().encode(arith.STEP_DELIMITER)[0]
-    programs = sweep._Programs(PolicyCallbacks(policy_model, (delimiter,), vocab.EOS_ID),
+    programs = sweep.SearchPrograms(PolicyCallbacks(policy_model, (delimiter,), vocab.EOS_ID),
                                PrmCallbacks(prm_model), policy_params, prm_params)
     sampler = samplers.Temperature(jnp.float32(1.0))
     all_problems = select_problems(task, "test")

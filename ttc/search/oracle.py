@@ -34,11 +34,14 @@ def _question(prompt_ids) -> str:
 
 
 def _host_scores(prompt_BxP, tokens_BxW, length_B) -> np.ndarray:
+  # Plain numpy first: indexing the callback's arrays would dispatch jax ops, which
+  # fail inside a program on an accelerator (they live on the host CPU device).
+  prompt_BxP, tokens_BxW, length_B = map(np.asarray, (prompt_BxP, tokens_BxW, length_B))
   char_vocab = vocab.CharVocabulary()
   out = np.zeros(len(length_B), np.float32)
-  for b, length in enumerate(np.asarray(length_B)):
-    text = char_vocab.decode(np.asarray(tokens_BxW[b, :length]).tolist())
-    labels = arith.step_correctness(_question(np.asarray(prompt_BxP[b]).tolist()), text)
+  for b, length in enumerate(length_B):
+    text = char_vocab.decode(tokens_BxW[b, :length].tolist())
+    labels = arith.step_correctness(_question(prompt_BxP[b].tolist()), text)
     out[b] = float(bool(labels) and all(labels))
   return out
 

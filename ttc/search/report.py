@@ -79,10 +79,11 @@ def plot(records, path: str, title: str = "") -> None:
     ax.set_xlabel("generation budget")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("accuracy")
-  axes[0][-1].legend(fontsize=7, loc="lower right")
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
   fig.savefig(path, dpi=120)
   plt.close(fig)
 

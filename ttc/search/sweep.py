@@ -97,7 +97,7 @@ def _choose(problem, result, q: int) -> dict:
           "complete": int(complete.sum())}
 
 
-class _Programs:
+class SearchPrograms:
   """Search programs compiled ahead of time, one per (config, batch shape)."""
 
   def __init__(self, policy, prm, policy_params, prm_params):
@@ -117,7 +117,7 @@ class _Programs:
     return self._compiled[key](*self.params, prompts, lengths, live, rng, sampler)
 
 
-def run_batch(programs: _Programs, config, problems, rng, sampler) -> list[dict]:
+def run_batch(programs: SearchPrograms, config, problems, rng, sampler) -> list[dict]:
   """Searches a batch of problems (padded to a power of two); one partial record each."""
   padded = sampling.bucket(len(problems))
   prompts = [tasks.encode_prompt(p.prompt) for p in problems]
@@ -189,7 +189,7 @@ def search_sweep(workdir: str, task_name: str = gin.REQUIRED, split: str = "test
         max_step_tokens=max_step_tokens, max_rounds=max_rounds, rows_per_batch=rows_per_batch,
         prm_dir=prm_dir, verifier=verifier, policy_step=int(step)), os.path.exists(path),
         "set search_sweep.results_file to a new name")
-    programs = _Programs(PolicyCallbacks(policy_model, (vocab.CharVocabulary().encode(
+    programs = SearchPrograms(PolicyCallbacks(policy_model, (vocab.CharVocabulary().encode(
         arith.STEP_DELIMITER)[0],), vocab.EOS_ID), prm, policy_params, prm_params)
     sampler = samplers.Temperature(jnp.float32(temperature))
     todo = [(seed, name, budget) for seed in seeds for name in method_names for budget in budgets]

@@ -83,8 +83,9 @@ class SearchConfig:
 
   @property
   def generations(self) -> int:
-    """The budget in the paper's units: N * (k + 1) solution generations."""
-    return self.num_rows * (self.lookahead_steps + 1)
+    """The budget in the paper's units: N * (k + 1) solution generations (N when there
+    is nothing to select, so no rollouts run)."""
+    return self.num_rows * (self.lookahead_steps + 1 if self.expand > 1 else 1)
 
 
 @flax.struct.dataclass
@@ -194,7 +195,7 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
 
   if config.step_by_step:
     value_B = score_B
-    if config.lookahead_steps:
+    if config.lookahead_steps and config.expand > 1:  # values only matter to selection
       value_B, rollout_Q = _lookahead(policy, prm, policy_params, prm_params, policy_state,
                                       prm_state, score_B, length_B, config, num_problems)
       generated_Q += rollout_Q
