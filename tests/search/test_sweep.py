@@ -13,6 +13,7 @@ import pytest
 from ttc.search import report, sweep
 from ttc.train import checkpointing, partitioning
 from ttc.verifiers import reward_model
+from tests.kill_mid_write import KILL_AT_SECOND_WRITE
 from tests.verifiers.conftest import POLICY_CONFIG, write_policy_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,28 +54,6 @@ def workdir(tmp_path):
   return path
 
 
-_KILL_AT_SECOND_WRITE = """
-import json, os, signal, sys
-from ttc import main, resumable
-
-writes = []
-
-def write_then_die(path, records):
-  writes.append(path)
-  if len(writes) < 2:
-    return real(path, records)
-  data = "".join(json.dumps(r) + "\\n" for r in records)
-  with open(path, "a") as f:
-    f.write(data[:data.index("\\n") + 1 + 20])  # one whole line, then 20 bytes of the next
-    f.flush()
-    os.fsync(f.fileno())
-  os.kill(os.getpid(), signal.SIGKILL)
-
-real, resumable.append_lines = resumable.append_lines, write_then_die
-sys.exit(main.main(sys.argv[1:]))
-"""
-
-
 def _lines_without_wall_time(path):
   """Result lines as a set, minus wall_s (a measurement, never equal across runs)."""
   records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -87,7 +66,7 @@ def test_kill_9_mid_sweep_then_rerun_equals_a_straight_run(workdir, tmp_path):
   os.rename(workdir, straight)
   resumed = tmp_path / "resumed"
   subprocess.run(["cp", "-r", str(straight), str(resumed)], check=True)
-  killed = subprocess.Popen([sys.executable, "-c", _KILL_AT_SECOND_WRITE, *SWEEP,
+  killed = subprocess.Popen([sys.executable, "-c", KILL_AT_SECOND_WRITE, *SWEEP,
                              f"--gin.WORKDIR='{resumed}'"], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   result = _cli(straight)  # meanwhile, on the other core

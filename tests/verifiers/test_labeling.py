@@ -24,6 +24,7 @@ from ttc.data import arith, tasks, vocab
 from ttc.decoding import sampling
 from ttc.errors import UserError
 from ttc.verifiers import labeling
+from tests.kill_mid_write import KILL_AT_SECOND_WRITE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LEVELS = [(1, 9), (2, 9)]
@@ -382,30 +383,6 @@ def test_real_policy_labels_are_consistent(policy_dir, task, tmp_path):
   assert right and wrong and np.mean(right) > np.mean(wrong)
 
 
-_KILL_AT_SECOND_CHUNK = """
-import json, os, signal, sys
-from ttc import main
-from ttc import resumable
-
-writes = []
-
-def write_then_die(path, records):
-  writes.append(path)
-  if len(writes) < 2:
-    return real(path, records)
-  data = "".join(json.dumps(r) + "\\n" for r in records)
-  cut = data.index("\\n") + 1 + 20  # one whole line, then 20 bytes of the next
-  with open(path, "a") as f:
-    f.write(data[:cut])
-    f.flush()
-    os.fsync(f.fileno())
-  os.kill(os.getpid(), signal.SIGKILL)
-
-real, resumable.append_lines = resumable.append_lines, write_then_die
-sys.exit(main.main(sys.argv[1:]))
-"""
-
-
 def test_kill_9_mid_write_then_rerun_equals_a_straight_run(policy_dir, tmp_path):
   label = ["--gin.run.stages=[@label_prm]", "--gin.label_prm.task_name=%TASK",
            "--gin.label_prm.split='test'", "--gin.label_prm.num_questions=4",
@@ -417,7 +394,7 @@ def test_kill_9_mid_write_then_rerun_equals_a_straight_run(policy_dir, tmp_path)
   for workdir in (straight, resumed):
     shutil.copytree(policy_dir, workdir)
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  killed = subprocess.Popen([sys.executable, "-c", _KILL_AT_SECOND_CHUNK, *POLICY_FLAGS,
+  killed = subprocess.Popen([sys.executable, "-c", KILL_AT_SECOND_WRITE, *POLICY_FLAGS,
                              *label, f"--gin.WORKDIR='{resumed}'"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   _cli(straight, *label)  # meanwhile, on the other core

@@ -18,6 +18,7 @@ import numpy as np
 
 from ttc.data import arith, vocab
 from ttc.decoding import steps
+from ttc.search import tree_search
 
 
 @flax.struct.dataclass
@@ -65,12 +66,10 @@ class OracleCallbacks:
 
   def score(self, params, state, tokens_BxG, lengths_B):
     del params
-    width = tokens_BxG.shape[1]
-    padded_BxW = jnp.pad(state.tokens_BxW, ((0, 0), (0, width)))
-    put = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
-    at_B = jnp.minimum(state.length_B, self.max_tokens)
-    tokens_BxW = put(padded_BxW, tokens_BxG.astype(jnp.int32), at_B)[:, :self.max_tokens]
-    tokens_BxW = jnp.where((lengths_B > 0)[:, None], tokens_BxW, state.tokens_BxW)
+    # Padded by one step so a write never clamps; what passes max_tokens is cut.
+    padded_BxW = jnp.pad(state.tokens_BxW, ((0, 0), (0, tokens_BxG.shape[1])))
+    tokens_BxW = tree_search.append_tokens(padded_BxW, tokens_BxG.astype(jnp.int32),
+                                           state.length_B, lengths_B > 0)[:, :self.max_tokens]
     length_B = jnp.minimum(state.length_B + lengths_B, self.max_tokens)
     scores_B = jax.pure_callback(_host_scores, jax.ShapeDtypeStruct(length_B.shape, jnp.float32),
                                  state.prompt_BxP, tokens_BxW, length_B)

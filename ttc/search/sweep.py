@@ -81,16 +81,15 @@ def _batch_key(seed: int, method: str, budget: int, batch_index: int):
 
 
 def _choose(problem, result, q: int) -> dict:
-  """The weighted best-of-N answer of problem q of a batch, read off its N rows."""
+  """The weighted best-of-N answer of problem q of a batch (host arrays), from its N rows."""
   char_vocab = vocab.CharVocabulary()
-  tokens = np.asarray(result.tokens_QxNxW[q])
-  lengths = np.asarray(result.lengths_QxN[q])
-  complete = np.asarray(result.complete_QxN[q])
+  tokens, lengths = result.tokens_QxNxW[q], result.lengths_QxN[q]
+  complete = result.complete_QxN[q]
   texts = [char_vocab.decode(tokens[n, :lengths[n]].tolist()) for n in range(len(lengths))]
   # Like evaluate_verifiers: a solution that never ended (no EOS) has no answer.
   answers = [arith.extract_answer(t) if done else None for t, done in zip(texts, complete)]
   ids = aggregation.canonical_ids(answers, arith.answer_key)
-  row = int(aggregation.choose_answer(ids, np.asarray(result.scores_QxN[q]), "weighted"))
+  row = int(aggregation.choose_answer(ids, result.scores_QxN[q], "weighted"))
   answer = answers[row]
   return {"answer": answer, "correct": answer is not None and arith.grade(texts[row],
                                                                           problem.answer),
@@ -127,6 +126,7 @@ def run_batch(programs: SearchPrograms, config, problems, rng, sampler) -> list[
   started = time.perf_counter()
   result = jax.block_until_ready(programs(config, tokens, lengths, live, rng, sampler))
   wall = (time.perf_counter() - started) / len(problems)
+  result = jax.device_get(result)  # one transfer; the answers are read on the host
   out = []
   for q, problem in enumerate(problems):
     out.append({**_choose(problem, result, q), "rows": config.num_rows,

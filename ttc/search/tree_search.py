@@ -139,8 +139,8 @@ def _per_problem(x_B, num_problems: int):
   return jnp.sum(x_B.reshape(num_problems, -1), axis=1).astype(jnp.int32)
 
 
-def _append(tokens_BxW, new_BxG, length_B, active_B):
-  """Writes each active row's new tokens at its current length."""
+def append_tokens(tokens_BxW, new_BxG, length_B, active_B):
+  """Writes each active row's new tokens at its current length (W >= length + G)."""
   put = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))
   return jnp.where(active_B[:, None], put(tokens_BxW, new_BxG, length_B), tokens_BxW)
 
@@ -184,7 +184,7 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
   out, policy_state = policy.step(policy_params, s.policy, jax.random.fold_in(rng, s.round),
                                   sampler, config.max_step_tokens, config.step_by_step)
   active_B = out.lengths_B > 0
-  tokens_BxW = _append(s.tokens_BxW, out.tokens_BxG, s.length_B, active_B)
+  tokens_BxW = append_tokens(s.tokens_BxW, out.tokens_BxG, s.length_B, active_B)
   length_B = s.length_B + out.lengths_B
   new_score_B, prm_state = prm.score(prm_params, s.prm, out.tokens_BxG, out.lengths_B)
   score_B = jnp.where(active_B, new_score_B, s.score_B)
