@@ -9,7 +9,9 @@ temperature 1. Both sides get the same float32 weights; ttc also runs them as in
 weight-only (`ttc.models.quantization`). Printed per row: tokens/s, model FLOP/s as
 a fraction of the same run's float32 matmul peak (FLOPs = `ModelConfig.flops_per_token`:
 2 x matmul parameters, output projection included, plus attention over the mean
-context), and the ratio to transformers.
+context), and the ratio to transformers. A "matmuls" row times the model's float32
+weight matmuls alone at N rows (`weight_matmul_seconds`): the most a decode step
+could reach on this backend, whatever else it does.
 
 Models: `tiny` is the embedded task's policy shape (configs/arith/policy_tiny.gin)
 with random weights, written as an HF checkpoint and read back with `load_hf`;
@@ -17,6 +19,7 @@ with random weights, written as an HF checkpoint and read back with `load_hf`;
 """
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -70,6 +73,42 @@ def ttc_seconds(config, params, prompt, num_samples, new_tokens, repeats):
     return sampling.sample_n(model, params, tokens, lengths, key, sampler,
                              num_samples=num_samples, max_new_tokens=new_tokens, eos_id=-1)
   return time_call(run, jax.random.key(0), repeats=repeats)
+
+
+def weight_matmul_seconds(config, params, rows, repeats, steps=4):
+  """Seconds per decode step of the model's weight matmuls alone, at `rows` rows.
+
+  Every float32 kernel, and the output projection, multiplies a [rows, inputs]
+  activation, with the weights passed as arguments as in sampling. Nothing else runs
+  (no attention, norms, cache writes or sampling), so a decode step cannot beat this
+  on the same backend: it is the ceiling of the "of peak" column.
+  """
+  def is_matmul(path, w):
+    name = jax.tree_util.keystr(path)
+    return w.ndim >= 2 and ("kernel" in name or (config.tied_embeddings and "embedding" in name))
+
+  def as_matrix(path, w):
+    if "embedding" in jax.tree_util.keystr(path):  # the tied output projection
+      return w.T
+    # Kernels are [*inputs, *outputs]; only o_proj has two input axes ([H, E, D]).
+    two_d = w.shape[0] == config.embed_dim or w.ndim == 2
+    return w.reshape(w.shape[0] if two_d else math.prod(w.shape[:-1]), -1)
+
+  kernels = [as_matrix(path, w) for path, w in jax.tree_util.tree_leaves_with_path(params)
+             if is_matmul(path, w)]
+  counted = sum(k.size for k in kernels)
+  assert counted == config.num_matmul_params(), (counted, config.num_matmul_params())
+  inputs = {n: jax.random.normal(jax.random.key(n), (rows, n))
+            for n in {k.shape[0] for k in kernels}}
+
+  @jax.jit
+  def run(kernels, inputs):
+    def step(_, total):
+      # The running total feeds every input, so no step's matmuls can be hoisted or skipped.
+      outs = [jnp.dot(inputs[k.shape[0]] + total, k) for k in kernels]
+      return total + sum(o[0, 0] for o in outs) * 1e-30
+    return jax.lax.fori_loop(0, steps, step, jnp.float32(0))
+  return time_call(run, kernels, inputs, repeats=repeats) / steps
 
 
 def hf_seconds(model, prompt, num_samples, new_tokens, repeats):
@@ -127,6 +166,10 @@ def main():
           ratio = f"{rate / hf_rate:6.2f}" if hf_rate else "     -"
           print(f"{name:8} {weights:7} {n:3d} {rate:9.1f} {rate * flops_per_token / peak:8.3f} "
                 f"{ratio}", flush=True)
+        ceiling = n / weight_matmul_seconds(config, params, n, args.repeats)
+        print(f"{name:8} {'matmuls':7} {n:3d} {ceiling:9.1f} "
+              f"{ceiling * flops_per_token / peak:8.3f}      -  "
+              "(float32 weight matmuls alone: the ceiling)", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from ttc.data import arith, tasks, vocab
-from ttc.decoding import samplers, sampling
+from ttc.decoding import samplers
 from ttc.errors import UserError
 from ttc.evaluate import load_policy, select_problems
 from ttc.train import partitioning
@@ -37,27 +36,20 @@ PRM_AGGREGATIONS = ("last", "min", "prod")
 def sample_solutions(model, params, problems, *, num_samples: int, temperature: float,
                      max_new_tokens: int, batch_size: int, seed: int) -> list[list[dict]]:
   """K policy samples per problem: dicts with text, answer (None if unparsable), correct."""
-  char_vocab = vocab.CharVocabulary()
-  per_call = max(1, batch_size // num_samples)
-  rng = jax.random.key(seed)
+  policy = labeling.Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
+                           max_new_tokens)
+  texts, finished, _ = labeling.generate_texts(
+      policy, [tasks.encode_prompt(p.prompt) for p in problems], jax.random.key(seed),
+      num_samples, max(1, batch_size // num_samples), progress="sample")
   out = []
-  for start in tqdm.trange(0, len(problems), per_call, desc="sample", disable=None):
-    chunk = problems[start:start + per_call]
-    samples = sampling.sample_prompts(
-        model, params, [tasks.encode_prompt(p.prompt) for p in chunk],
-        jax.random.fold_in(rng, start), samplers.Temperature(jnp.float32(temperature)),
-        num_samples=num_samples, max_new_tokens=max_new_tokens, eos_id=vocab.EOS_ID)
-    tokens = np.asarray(samples.tokens_BxG)
-    stopped = np.asarray(samples.stop_reason_B) == sampling.StopReason.EOS
-    for i, problem in enumerate(chunk):
-      rows = []
-      for b in range(i * num_samples, (i + 1) * num_samples):
-        text = char_vocab.decode(tokens[b].tolist())
-        # Like label_prm: a sample that never ended (no EOS) or boxed nothing has no answer.
-        answer = arith.extract_answer(text) if stopped[b] else None
-        rows.append({"text": text, "answer": answer,
-                     "correct": answer is not None and arith.grade(text, problem.answer)})
-      out.append(rows)
+  for i, problem in enumerate(problems):
+    rows = []
+    for b in range(i * num_samples, (i + 1) * num_samples):
+      # Like label_prm: a sample that never ended (no EOS) or boxed nothing has no answer.
+      answer = arith.extract_answer(texts[b]) if finished[b] else None
+      rows.append({"text": texts[b], "answer": answer,
+                   "correct": answer is not None and arith.grade(texts[b], problem.answer)})
+    out.append(rows)
   return out
 
 

@@ -67,7 +67,7 @@ def step_end_offsets(solution_text: str) -> list[int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Policy:
+class Policy:
   """What every sampling call shares; max_new_tokens is the per-row budget in tokens."""
 
   model: object
@@ -76,17 +76,18 @@ class _Policy:
   max_new_tokens: int
 
 
-def _generate(policy: _Policy, prompts: list[list[int]], rng, num_samples: int,
-              prompts_per_call: int) -> tuple[list[str], list[bool], int]:
+def generate_texts(policy: Policy, prompts: list[list[int]], rng, num_samples: int,
+                   prompts_per_call: int, progress: str = "") -> tuple[list[str], list[bool], int]:
   """`num_samples` continuations of each prompt, prompt-major, in calls of `prompts_per_call`.
 
   Call c draws from fold_in(rng, c), so the result depends only on the prompts, their order
   and the rng. Returns (texts without EOS, finished = stopped at EOS, tokens generated
-  including each EOS).
+  including each EOS). `progress`: a tqdm label, or "" for no progress bar.
   """
   char_vocab = vocab.CharVocabulary()
   texts, finished, num_tokens = [], [], 0
-  for call, start in enumerate(range(0, len(prompts), prompts_per_call)):
+  starts = range(0, len(prompts), prompts_per_call)
+  for call, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=not progress or None)):
     out = sampling.sample_prompts(policy.model, policy.params,
                                   prompts[start:start + prompts_per_call],
                                   jax.random.fold_in(rng, call), policy.sampler,
@@ -107,10 +108,10 @@ class _Counts:
   tokens: int = 0
 
 
-def _sample_solutions(policy: _Policy, question_prompts: list, rng, num_solutions: int,
+def _sample_solutions(policy: Policy, question_prompts: list, rng, num_solutions: int,
                       batch_size: int, counts: _Counts) -> list[list[str]]:
   """Per question, the texts of its parsable samples: stopped at EOS, with a `\\boxed{}`."""
-  texts, finished, num_tokens = _generate(policy, question_prompts, rng, num_solutions,
+  texts, finished, num_tokens = generate_texts(policy, question_prompts, rng, num_solutions,
                                           max(1, batch_size // num_solutions))
   counts.tokens += num_tokens
   return [[t for t, f in zip(texts[q * num_solutions:(q + 1) * num_solutions],
@@ -119,7 +120,7 @@ def _sample_solutions(policy: _Policy, question_prompts: list, rng, num_solution
           for q in range(len(question_prompts))]
 
 
-def _rollout_wins(policy: _Policy, problems: list, question_prompts: list, kept: list, rng,
+def _rollout_wins(policy: Policy, problems: list, question_prompts: list, kept: list, rng,
                   num_rollouts: int, batch_size: int, counts: _Counts) -> list[dict]:
   """Per question, {step prefix text: rollouts (of num_rollouts) that end in its answer}.
 
@@ -138,7 +139,7 @@ def _rollout_wins(policy: _Policy, problems: list, question_prompts: list, kept:
   # Similar lengths share a call: less padding, and their rollouts end at similar steps.
   keys = sorted(prefixes, key=lambda k: (len(problems[k[0]].prompt) + len(k[1]), prefixes[k]))
   char_vocab = vocab.CharVocabulary()
-  rollouts, finished, num_tokens = _generate(
+  rollouts, finished, num_tokens = generate_texts(
       policy, [question_prompts[q] + char_vocab.encode(prefix) for q, prefix in keys], rng,
       num_rollouts, max(1, batch_size // num_rollouts))
   for j, (q, prefix) in enumerate(keys):
@@ -161,7 +162,7 @@ def _sample_record(problem: arith.ArithProblem, text: str, wins: dict,
           "true": arith.step_correctness(problem.question, text), "step_ends": ends}
 
 
-def _label_chunk(policy: _Policy, problems: list, rng, num_solutions: int, num_rollouts: int,
+def _label_chunk(policy: Policy, problems: list, rng, num_solutions: int, num_rollouts: int,
                  batch_size: int, counts: _Counts) -> list[dict]:
   """One JSON record per problem of the chunk; a pure function of (problems, rng, settings).
 
@@ -341,7 +342,7 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
     model, params, step = load_policy(workdir, mesh, rules)
     resumable.pin_settings(path, {**settings, "policy_step": int(step)},
                            os.path.exists(path), "set label_prm.labels_file to a new name")
-    policy = _Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
+    policy = Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
                      max_new_tokens)
     key = jax.random.key(seed)
     with tqdm.tqdm(total=len(problems), desc=f"label {split}", unit="question",
