@@ -48,6 +48,14 @@ def repair(path: str, parse: Callable[[bytes, int], dict], key: Callable[[dict],
   return keys
 
 
+def parse_json_line(line: bytes, path: str, lineno: int, hint: str):
+  """The JSON value of one line; UserError naming the file, the 1-based line and `hint`."""
+  try:
+    return json.loads(line)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} line {lineno} is cut or not valid JSON ({e}); {hint}") from e
+
+
 def append_lines(path: str, records: list[dict]) -> None:
   """Appends records with one write, then fsync: a kill leaves at most a cut last line."""
   data = "".join(json.dumps(r) + "\n" for r in records)

@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc.data import arith, vocab
 from ttc.decoding import samplers
 from ttc.evaluate import load_policy, select_problems
 from ttc.search import methods, sweep
-from ttc.search.callbacks import PolicyCallbacks, PrmCallbacks
+from ttc.search.callbacks import PrmCallbacks
 from ttc.train import partitioning
 from ttc.verifiers import reward_model
 
@@ -52,9 +51,8 @@ def main():
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     policy_model, policy_params, _ = load_policy(args.workdir, mesh, rules)
     prm_model, prm_params = reward_model.load(os.path.join(args.workdir, "prm"), mesh, rules)
-    delimiter = vocab.CharVocabulary().encode(arith.STEP_DELIMITER)[0]
-    programs = sweep.SearchPrograms(PolicyCallbacks(policy_model, (delimiter,), vocab.EOS_ID),
-                               PrmCallbacks(prm_model), policy_params, prm_params)
+    programs = sweep.SearchPrograms(sweep.task_policy(policy_model), PrmCallbacks(prm_model),
+                                    policy_params, prm_params)
     sampler = samplers.Temperature(jnp.float32(1.0))
     all_problems = select_problems(task, "test")
     print(f"{'N':>5} {'method':<14}{'problems':>9}{'tokens':>9}{'device s':>10}"
@@ -78,8 +76,8 @@ def main():
       base = None
       for name in names:
         problems, generated, prm = tokens[name]
-        seconds, per_token = (float(np.median([t[0] / (t[1] if i else 1) for t in times[name]]))
-                              for i in (0, 1))
+        seconds = float(np.median([wall for wall, _ in times[name]]))
+        per_token = float(np.median([wall / count for wall, count in times[name]]))
         base = base or per_token
         print(f"{budget:>5} {name:<14}{problems:>9}{generated:>9}{seconds:>10.2f}"
               f"{1e6 * per_token:>10.1f}{per_token / base:>13.2f}x{prm / generated:>9.3f}")

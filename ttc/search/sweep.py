@@ -20,7 +20,6 @@ method, budget, batch index) only, so recomputing it gives the same lines.
 Problems already in the file are not written again.
 """
 
-import json
 import os
 import time
 import zlib
@@ -54,10 +53,7 @@ def record_key(record: dict) -> tuple:
 
 def parse_line(line: bytes, path: str, lineno: int) -> dict:
   """One result line; UserError naming the file and line if it is not one."""
-  try:
-    record = json.loads(line)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path} line {lineno} is cut or not JSON ({e}); {_HINT}") from e
+  record = resumable.parse_json_line(line, path, lineno, _HINT)
   missing = [k for k in _FIELDS if not isinstance(record, dict) or k not in record]
   if missing:
     raise UserError(f"{path} line {lineno} lacks {missing}; {_HINT}")
@@ -94,6 +90,12 @@ def _choose(problem, result, q: int) -> dict:
   return {"answer": answer, "correct": answer is not None and arith.grade(texts[row],
                                                                           problem.answer),
           "complete": int(complete.sum())}
+
+
+def task_policy(model) -> PolicyCallbacks:
+  """The embedded task's policy: a step ends at its delimiter, a solution at EOS."""
+  delimiter = vocab.CharVocabulary().encode(arith.STEP_DELIMITER)[0]
+  return PolicyCallbacks(model, (delimiter,), vocab.EOS_ID)
 
 
 class SearchPrograms:
@@ -189,8 +191,7 @@ def search_sweep(workdir: str, task_name: str = gin.REQUIRED, split: str = "test
         max_step_tokens=max_step_tokens, max_rounds=max_rounds, rows_per_batch=rows_per_batch,
         prm_dir=prm_dir, verifier=verifier, policy_step=int(step)), os.path.exists(path),
         "set search_sweep.results_file to a new name")
-    programs = SearchPrograms(PolicyCallbacks(policy_model, (vocab.CharVocabulary().encode(
-        arith.STEP_DELIMITER)[0],), vocab.EOS_ID), prm, policy_params, prm_params)
+    programs = SearchPrograms(task_policy(policy_model), prm, policy_params, prm_params)
     sampler = samplers.Temperature(jnp.float32(temperature))
     todo = [(seed, name, budget) for seed in seeds for name in method_names for budget in budgets]
     with tqdm.tqdm(total=len(todo) * len(problems), desc=f"search {split}", unit="problem",

@@ -150,7 +150,7 @@ def _lookahead(policy, prm, policy_params, prm_params, policy_state, prm_state, 
   """Values of the rows after k greedy rollout steps; the rollouts are thrown away.
 
   Returns ([B] float32 value: the PRM score after the rollout's last step, or the
-  row's own score if it had finished; [Q] tokens generated; [Q] PRM tokens).
+  row's own score if it had finished; [Q] tokens generated, which the PRM also runs).
   """
   greedy = samplers.Greedy()
 
@@ -190,8 +190,9 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
   score_B = jnp.where(active_B, new_score_B, s.score_B)
   complete_B = s.complete_B | (out.stop_reason_B == sampling.StopReason.EOS)
   policy_state = policy.finish(policy_state, length_B >= config.max_solution_tokens)
-  generated_Q = s.tokens_generated_Q + _per_problem(out.lengths_B, num_problems)
-  prm_tokens_Q = s.prm_tokens_Q + _per_problem(out.lengths_B, num_problems)
+  step_tokens_Q = _per_problem(out.lengths_B, num_problems)
+  generated_Q = s.tokens_generated_Q + step_tokens_Q
+  prm_tokens_Q = s.prm_tokens_Q + step_tokens_Q  # the PRM scores every new token once
 
   if config.step_by_step:
     value_B = score_B
@@ -199,7 +200,7 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
       value_B, rollout_Q = _lookahead(policy, prm, policy_params, prm_params, policy_state,
                                       prm_state, score_B, length_B, config, num_problems)
       generated_Q += rollout_Q
-      prm_tokens_Q += rollout_Q  # the PRM scores every rollout token once
+      prm_tokens_Q += rollout_Q
     alive_QxN = ~policy.finished(policy_state).reshape(num_problems, num_rows)
     if config.expand > 1:
       parent_QxN = selection.select_parents(value_B.reshape(num_problems, num_rows), alive_QxN,

@@ -15,7 +15,6 @@ stable train / validation split by uid.
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 
@@ -112,7 +111,7 @@ def _sample_solutions(policy: Policy, question_prompts: list, rng, num_solutions
                       batch_size: int, counts: _Counts) -> list[list[str]]:
   """Per question, the texts of its parsable samples: stopped at EOS, with a `\\boxed{}`."""
   texts, finished, num_tokens = generate_texts(policy, question_prompts, rng, num_solutions,
-                                          max(1, batch_size // num_solutions))
+                                               max(1, batch_size // num_solutions))
   counts.tokens += num_tokens
   return [[t for t, f in zip(texts[q * num_solutions:(q + 1) * num_solutions],
                              finished[q * num_solutions:(q + 1) * num_solutions])
@@ -214,13 +213,9 @@ def _check_sample_labels(sample: dict, at: str) -> None:
 
 def _parse_line(line: bytes, path: str, lineno: int, hint: str) -> dict:
   """One line's record; UserError naming the file, the 1-based line and `hint` if bad."""
-  where = f"{path} line {lineno}"
+  record = resumable.parse_json_line(line, path, lineno, hint)
   try:
-    record = json.loads(line)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{where} is cut or not valid JSON ({e}); {hint}") from e
-  try:
-    _check_record(record, where)
+    _check_record(record, f"{path} line {lineno}")
   except ValueError as e:
     raise UserError(f"{e}; {hint}") from e
   return record
@@ -343,7 +338,7 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
     resumable.pin_settings(path, {**settings, "policy_step": int(step)},
                            os.path.exists(path), "set label_prm.labels_file to a new name")
     policy = Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
-                     max_new_tokens)
+                    max_new_tokens)
     key = jax.random.key(seed)
     with tqdm.tqdm(total=len(problems), desc=f"label {split}", unit="question",
                    disable=None) as progress:
