@@ -30,13 +30,15 @@ def _setup(config=CONFIG, batch=4, length=12):
                 head_dim=8, mlp_dim=64, qkv_bias=True, tied_embeddings=True),
 ], ids=["llama_gqa", "qwen2_bias_tied"])
 def test_prefill_then_one_token_decode_matches_full_forward(config):
-  model, params, tokens, positions = _setup(config)
+  model, params, tokens, positions = _setup(config, length=36)
   full, _ = model.apply(params, tokens, positions)
-  cache = KVCache.init(config, tokens.shape[0], 16)
+  # 40 slots: one-token steps attend to the first 16, then 32, then all 40 slots.
+  cache = KVCache.init(config, tokens.shape[0], 40)
   logits, cache = model.apply(params, tokens[:, :5], positions[:, :5], cache)
   pieces = [logits]
+  step = jax.jit(model.apply)  # one program for every one-token step; the bucket is traced
   for t in range(5, tokens.shape[1]):
-    logits, cache = model.apply(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache)
+    logits, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache)
     pieces.append(logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=TOL, rtol=TOL)
   assert int(cache.end) == tokens.shape[1]
@@ -94,7 +96,7 @@ def test_param_count_and_flops_formula_agree_with_the_tree():
 
 def test_shared_prefix_cache_matches_one_cache_per_row():
   """Rows (q, n) = prompt q + their own continuation; the prompt is cached once per q."""
-  num_prompts, n, prompt_len, length = 2, 3, 5, 12
+  num_prompts, n, prompt_len, length = 2, 3, 5, 26  # 21 suffix slots: buckets 16 and 21
   model, params, _, _ = _setup()
   prompts = jax.random.randint(jax.random.key(2), (num_prompts, prompt_len), 0, 32)
   rows = num_prompts * n
@@ -110,9 +112,11 @@ def test_shared_prefix_cache_matches_one_cache_per_row():
   suffix = KVCache.init(CONFIG, rows, length - prompt_len)
   positions = jnp.broadcast_to(jnp.arange(length), (rows, length))
   pieces = []
-  for start, stop in [(5, 8), (8, 9), (9, 12)]:  # a multi-token chunk, then one token, ...
-    logits, suffix = model.apply(params, full_tokens[:, start:stop], positions[:, start:stop],
-                                 suffix, prefix=prefix)
+  step = jax.jit(model.apply)
+  # A multi-token chunk, then one token at a time, then a chunk again.
+  for start, stop in [(5, 8)] + [(t, t + 1) for t in range(8, 23)] + [(23, 26)]:
+    logits, suffix = step(params, full_tokens[:, start:stop], positions[:, start:stop], suffix,
+                          prefix=prefix)
     pieces.append(logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, 1), full[:, prompt_len:], atol=TOL,
                              rtol=TOL)

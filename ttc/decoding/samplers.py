@@ -43,10 +43,21 @@ def categorical(rng, logits_BxV):
   its rounding error small. Entries of zero weight (logits masked to -1e30) are
   never chosen.
   """
+  return _inverse_cdf(rng, logits_BxV)[0]
+
+
+def _inverse_cdf(rng, logits_BxV):
+  """`categorical`, and [B] float32 logsumexp(logits) from the same exp pass.
+
+  The log-normaliser gives the chosen token's logprob without another two passes
+  over the vocabulary (max, then sum of exp); at 64 rows x 49,152 logits each pass
+  took about 1 ms of a SmolLM2 decode step of about 250 ms on the 2-core CPU.
+  """
   logits_BxV = logits_BxV.astype(jnp.float32)
   batch, vocab = logits_BxV.shape
   num_blocks = -(-vocab // _CDF_BLOCK)
-  weights_BxV = jnp.exp(logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True))
+  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+  weights_BxV = jnp.exp(logits_BxV - max_Bx1)
   weights_BxNxK = jnp.pad(weights_BxV, ((0, 0), (0, num_blocks * _CDF_BLOCK - vocab))).reshape(
       batch, num_blocks, _CDF_BLOCK)
   block_mass_BxN = jnp.sum(weights_BxNxK, axis=-1)
@@ -59,7 +70,8 @@ def categorical(rng, logits_BxV):
   block_weights_BxK = jnp.take_along_axis(weights_BxNxK, block_B[:, None, None], axis=1)[:, 0]
   entry_B = _first_above(jnp.cumsum(block_weights_BxK, axis=-1), block_weights_BxK,
                          target_B - mass_before_B)
-  return (block_B * _CDF_BLOCK + entry_B).astype(jnp.int32)
+  tokens_B = (block_B * _CDF_BLOCK + entry_B).astype(jnp.int32)
+  return tokens_B, max_Bx1[:, 0] + jnp.log(block_cdf_BxN[:, -1])
 
 
 def _first_above(cdf_BxK, weights_BxK, target_B):
@@ -123,12 +135,22 @@ class Temperature:
 
   def __call__(self, logits_BxV, rng):
     scaled_BxV = self.scaled_logits(logits_BxV)
-    sampled_B = categorical(rng, scaled_BxV)
-    greedy_B = (_row_values(self.temperature) <= 0)[:, 0]
-    tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BxV, axis=-1), sampled_B).astype(jnp.int32)
-    # Greedy rows report the model's own logprob, the others the sampled distribution's.
-    return tokens_B, _chosen_logprob(
-        jnp.where(greedy_B[:, None], logits_BxV.astype(jnp.float32), scaled_BxV), tokens_B)
+    sampled_B, log_normaliser_B = _inverse_cdf(rng, scaled_BxV)
+    greedy_B = jnp.broadcast_to((_row_values(self.temperature) <= 0)[:, 0], sampled_B.shape)
+
+    def sampled_logprob(tokens_B):
+      chosen_B = jnp.take_along_axis(scaled_BxV, tokens_B[:, None], axis=-1)[:, 0]
+      return chosen_B - log_normaliser_B
+
+    def with_greedy_rows():
+      # Greedy rows report the model's own logprob, the others the sampled distribution's.
+      tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BxV, axis=-1), sampled_B).astype(jnp.int32)
+      return tokens_B, jnp.where(greedy_B, _chosen_logprob(logits_BxV, tokens_B),
+                                 sampled_logprob(tokens_B))
+
+    # The argmax pass over the vocabulary runs only when some row is greedy.
+    return jax.lax.cond(jnp.any(greedy_B), with_greedy_rows,
+                        lambda: (sampled_B, sampled_logprob(sampled_B)))
 
 
 def _nucleus(scaled_BxV, top_p_Bx1):

@@ -137,7 +137,20 @@ def rope_angles(positions_BxT, head_dim: int, theta: float):
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
   angles_BxTxE2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
   angles_BxTx1xE = jnp.concatenate([angles_BxTxE2, angles_BxTxE2], axis=-1)[:, :, None, :]
-  return jnp.cos(angles_BxTx1xE), jnp.sin(angles_BxTx1xE)
+  return _materialize(jnp.cos(angles_BxTx1xE)), _materialize(jnp.sin(angles_BxTx1xE))
+
+
+def _materialize(x_BxTx1xE):
+  """x, computed once into its own buffer (an exact product with the identity).
+
+  XLA:CPU fuses elementwise producers into every consumer, so without this each
+  layer's q and k rotations recomputed cos and sin for every head: 30 layers x 12
+  heads of transcendentals per token, 12% of a SmolLM2 decode step at 64 rows. A
+  dot is never fused into its consumers, and optimization_barrier is dropped
+  before fusion on that backend. HIGHEST keeps the product exact on TPU and GPU.
+  """
+  eye_ExE = jnp.eye(x_BxTx1xE.shape[-1], dtype=x_BxTx1xE.dtype)
+  return jnp.dot(x_BxTx1xE, eye_ExE, precision=jax.lax.Precision.HIGHEST)
 
 
 def apply_rope(x_BxTxNxE, rope):
@@ -214,19 +227,53 @@ class Attention(nn.Module):
     kv_heads = cfg.num_kv_heads
     # Query head h reads kv head h // G: split H as [K, G] instead of repeating keys G times.
     q_BxTxKxGxE = q_BxTxHxE.reshape(b, t, kv_heads, h // kv_heads, e)
-    scores_BxKxGxTxS = _scores(q_BxTxKxGxE, keys_BxKxSxE) * (e ** -0.5)
-    # A finite fill keeps fully masked rows (left-padding queries) free of NaN.
-    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
-    if prefix_kv is None:
-      probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(values_BxKxSxE.dtype)
-      out_BxTxKxGxE = _weighted_values(probs_BxKxGxTxS, values_BxKxSxE)
-      out_BxTxHxE = out_BxTxKxGxE.reshape(b, t, h, e)
+
+    def attend(keys_BxKxSxE, values_BxKxSxE, mask_BxTxS):
+      scores_BxKxGxTxS = _scores(q_BxTxKxGxE, keys_BxKxSxE) * (e ** -0.5)
+      # A finite fill keeps fully masked rows (left-padding queries) free of NaN.
+      scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -1e30)
+      if prefix_kv is None:
+        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(values_BxKxSxE.dtype)
+        return _weighted_values(probs_BxKxGxTxS, values_BxKxSxE).reshape(b, t, h, e)
+      return _attend_with_prefix(q_BxTxKxGxE, scores_BxKxGxTxS, values_BxKxSxE, prefix_kv,
+                                 prefix_mask_BxTxP)
+
+    if kv_cache is not None and t == 1:
+      out_BxTxHxE = _attend_written_slots(attend, keys_BxKxSxE, values_BxKxSxE, mask_BxTxS,
+                                          write_slot + t)
     else:
-      out_BxTxHxE = _attend_with_prefix(q_BxTxKxGxE, scores_BxKxGxTxS, values_BxKxSxE,
-                                        prefix_kv, prefix_mask_BxTxP)
+      out_BxTxHxE = attend(keys_BxKxSxE, values_BxKxSxE, mask_BxTxS)
     out_BxTxD = dense("o_proj", (cfg.embed_dim,), ("q_heads", "head_dim", "embed"),
                       num_in_axes=2)(out_BxTxHxE)
     return out_BxTxD, new_cache
+
+
+_MIN_SLOT_BUCKET = 16
+
+
+def _attend_written_slots(attend, keys_BxKxSxE, values_BxKxSxE, mask_BxTxS, written):
+  """attend(...) over the first `written` slots only, rounded up to a bucket.
+
+  A decode step reads every key and value of the cache, so a cache that is mostly
+  still empty costs as much as a full one. Slots past `cache.end` are always empty
+  (`KVCache.take_rows` packs written slots first), so attending to a prefix of the
+  slots is exact. `lax.switch` picks one of a few static sizes (powers of two from
+  16, then all slots), so filling a cache reads about 2/3 of what full reads would.
+
+  written: [] int32 slots in use, this step's included.
+  """
+  num_slots = keys_BxKxSxE.shape[2]
+  buckets = []
+  size = _MIN_SLOT_BUCKET
+  while size < num_slots:
+    buckets.append(size)
+    size *= 2
+  buckets.append(num_slots)
+  branches = [lambda k, v, m, s=s: attend(k[:, :, :s], v[:, :, :s], m[..., :s]) for s in buckets]
+  if len(branches) == 1:
+    return branches[0](keys_BxKxSxE, values_BxKxSxE, mask_BxTxS)
+  index = jnp.sum(jnp.asarray(buckets[:-1]) < written)
+  return jax.lax.switch(index, branches, keys_BxKxSxE, values_BxKxSxE, mask_BxTxS)
 
 
 def _scores(q_BxTxKxGxE, keys_BxKxSxE):
