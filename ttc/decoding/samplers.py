@@ -22,11 +22,16 @@ def _row_values(value):
   return jnp.asarray(value, jnp.float32).reshape(-1, 1)
 
 
-def _chosen_logprob(logits_BxV, tokens_B):
-  """[B] log softmax(logits)[b, tokens[b]], without materialising the [B, V] log-softmax."""
+def _chosen_logprob(logits_BxV, tokens_B, log_normaliser_B=None):
+  """[B] log softmax(logits)[b, tokens[b]], without materialising the [B, V] log-softmax.
+
+  log_normaliser_B: logsumexp(logits) per row when the caller already has it.
+  """
   logits_BxV = logits_BxV.astype(jnp.float32)
   chosen_B = jnp.take_along_axis(logits_BxV, tokens_B[:, None], axis=-1)[:, 0]
-  return chosen_B - jax.nn.logsumexp(logits_BxV, axis=-1)
+  if log_normaliser_B is None:
+    log_normaliser_B = jax.nn.logsumexp(logits_BxV, axis=-1)
+  return chosen_B - log_normaliser_B
 
 
 _CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse CDF
@@ -138,10 +143,7 @@ class Temperature:
     sampled_B, log_normaliser_B = _inverse_cdf(rng, scaled_BxV)
     greedy_B = jnp.broadcast_to((_row_values(self.temperature) <= 0)[:, 0], sampled_B.shape)
 
-    def sampled_logprob(tokens_B):
-      chosen_B = jnp.take_along_axis(scaled_BxV, tokens_B[:, None], axis=-1)[:, 0]
-      return chosen_B - log_normaliser_B
-
+    sampled_logprob = lambda tokens_B: _chosen_logprob(scaled_BxV, tokens_B, log_normaliser_B)
     def with_greedy_rows():
       # Greedy rows report the model's own logprob, the others the sampled distribution's.
       tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BxV, axis=-1), sampled_B).astype(jnp.int32)
