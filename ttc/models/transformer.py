@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ttc.kernels import decode_attention
 from ttc.models.config import ModelConfig
 from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 
@@ -238,7 +239,15 @@ class Attention(nn.Module):
       return _attend_with_prefix(q_BxTxKxGxE, scores_BxKxGxTxS, values_BxKxSxE, prefix_kv,
                                  prefix_mask_BxTxP)
 
-    if kv_cache is not None and t == 1:
+    # A decode step on one CPU device: XLA runs `attend`'s cache reductions as
+    # single-threaded loops; the compiled kernel is 2-3x faster (ttc.kernels).
+    if kv_cache is not None and t == 1 and decode_attention.usable(
+        q_BxTxKxGxE[:, 0], keys_BxKxSxE, prefix_kv):
+      out_BxKxGxE = decode_attention.attend(
+          q_BxTxKxGxE[:, 0], keys_BxKxSxE, values_BxKxSxE, mask_BxTxS[:, 0], prefix_kv,
+          None if prefix_mask_BxTxP is None else prefix_mask_BxTxP[:, 0], scale=e ** -0.5)
+      out_BxTxHxE = out_BxKxGxE.reshape(b, t, h, e)
+    elif kv_cache is not None and t == 1:
       out_BxTxHxE = _attend_written_slots(attend, keys_BxKxSxE, values_BxKxSxE, mask_BxTxS,
                                           write_slot + t)
     else:
