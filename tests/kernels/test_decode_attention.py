@@ -47,7 +47,7 @@ def _operands(rng, rows, num_kv, group, head_dim, slots, prompts, prefix_slots):
 ])
 def test_kernel_matches_softmax_over_visible_prefix_and_own_slots(group, head_dim, prompts,
                                                                    prefix_slots):
-  assert decode_attention._registered()  # this machine has a compiler: the kernel must build
+  assert decode_attention.available()  # this machine has a compiler: the kernel must build
   rng = np.random.default_rng(group)
   q, k, v, mask, pk, pv, pmask = _operands(rng, 6, 2, group, head_dim, 11, prompts,
                                            prefix_slots)
@@ -111,6 +111,6 @@ def test_without_a_compiler_the_kernel_is_off_with_a_warning(monkeypatch, tmp_pa
   monkeypatch.setenv("TTC_CACHE_DIR", str(tmp_path))
   with pytest.raises(OSError):
     decode_attention.build()
-  assert not decode_attention._registered.__wrapped__()  # the uncached body of _registered
+  assert not decode_attention.available.__wrapped__()  # the uncached body
   assert "jnp attention runs instead" in caplog.text
   assert not list(tmp_path.glob("kernels/*"))  # nothing partial left behind

@@ -89,7 +89,7 @@ def build() -> pathlib.Path:
 
 
 @functools.cache
-def _registered() -> bool:
+def available() -> bool:
   """Builds and registers the kernel once per process; False (logged) if it cannot be built."""
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
@@ -118,7 +118,7 @@ def usable(q_BxKxGxE: jax.Array, keys_BxKxSxE: jax.Array, prefix_kv=None) -> boo
           and all(a.dtype == jnp.float32 for a in arrays)
           and 1 <= q_BxKxGxE.shape[2] <= MAX_GROUP
           and q_BxKxGxE.shape[3] % 8 == 0
-          and _registered())
+          and available())
 
 
 def attend(q_BxKxGxE, keys_BxKxSxE, values_BxKxSxE, mask_BxS, prefix_kv=None,
