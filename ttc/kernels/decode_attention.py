@@ -34,6 +34,9 @@ import numpy as np
 
 _SOURCE = pathlib.Path(__file__).with_name("decode_attention_cpu.cc")
 _TARGET = "ttc_decode_attention_cpu"
+# -ffast-math lets the compiler reorder float sums (vectorised reductions);
+# -fno-finite-math-only keeps the -inf that starts the softmax max. -w: the XLA FFI
+# headers warn under gcc.
 _FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-std=c++17",
           "-shared", "-fPIC", "-w")
 MAX_GROUP = 8  # query heads per kv head the kernel is instantiated for
@@ -83,8 +86,11 @@ def build() -> pathlib.Path:
     # at once, never leave a partial library under the final name.
     partial = library.with_name(f"{library.name}.{os.getpid()}.partial")
     command = [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", str(partial)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    os.replace(partial, library)
+    try:
+      subprocess.run(command, check=True, capture_output=True, timeout=300)
+      os.replace(partial, library)
+    finally:
+      partial.unlink(missing_ok=True)
   return library
 
 
