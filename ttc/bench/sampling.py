@@ -144,10 +144,10 @@ def main():
     torch.set_num_threads(os.cpu_count())
 
   peak = matmul_peak_flops()
-  kernel = jax.default_backend() == "cpu" and decode_attention.available()
   print(f"device: {jax.devices()[0].device_kind}; float32 matmul peak (same run): "
         f"{peak / 1e9:.1f} GFLOP/s; {g} new tokens per sample, prompt {PROMPT_LEN} tokens; "
-        f"decode attention: {'CPU kernel (ttc.kernels)' if kernel else 'jnp'}")
+        f"decode attention: "
+        f"{'CPU kernel (ttc.kernels)' if decode_attention.switched_on_here() else 'jnp'}")
   header = f"{'model':8} {'weights':7} {'N':>3} {'tokens/s':>9} {'of peak':>8} {'vs HF':>6}"
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.models.split(","):

@@ -109,22 +109,25 @@ def available() -> bool:
   return True
 
 
+def switched_on_here() -> bool:
+  """The gin switch is on, CPU is the default backend and the kernel builds."""
+  return cpu_kernel_enabled() and jax.default_backend() == "cpu" and available()
+
+
 def usable(q_BxKxGxE: jax.Array, keys_BxKxSxE: jax.Array, prefix_kv=None) -> bool:
   """Whether `attend` can run these operands here (decided while tracing).
 
-  Needs: CPU as the default backend, no mesh of more than one device, float32 query,
-  cache and prefix, 1..MAX_GROUP query heads per kv head, head_dim a multiple of 8,
-  and a kernel that builds.
+  Needs: no mesh of more than one device, float32 query, cache and prefix,
+  1..MAX_GROUP query heads per kv head, head_dim a multiple of 8, and
+  `switched_on_here` (checked last: it builds the kernel).
   """
   mesh = jax.sharding.get_abstract_mesh()
   arrays = [q_BxKxGxE, keys_BxKxSxE, *(prefix_kv or ())]
-  return (cpu_kernel_enabled()
-          and jax.default_backend() == "cpu"
-          and (mesh.empty or mesh.size == 1)
+  return ((mesh.empty or mesh.size == 1)
           and all(a.dtype == jnp.float32 for a in arrays)
           and 1 <= q_BxKxGxE.shape[2] <= MAX_GROUP
           and q_BxKxGxE.shape[3] % 8 == 0
-          and available())
+          and switched_on_here())
 
 
 def attend(q_BxKxGxE, keys_BxKxSxE, values_BxKxSxE, mask_BxS, prefix_kv=None,

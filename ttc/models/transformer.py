@@ -239,17 +239,17 @@ class Attention(nn.Module):
       return _attend_with_prefix(q_BxTxKxGxE, scores_BxKxGxTxS, values_BxKxSxE, prefix_kv,
                                  prefix_mask_BxTxP)
 
-    # A decode step on one CPU device: XLA runs `attend`'s cache reductions as
-    # single-threaded loops; the compiled kernel is 2-3x faster (ttc.kernels).
-    if kv_cache is not None and t == 1 and decode_attention.usable(
-        q_BxTxKxGxE[:, 0], keys_BxKxSxE, prefix_kv):
-      out_BxKxGxE = decode_attention.attend(
-          q_BxTxKxGxE[:, 0], keys_BxKxSxE, values_BxKxSxE, mask_BxTxS[:, 0], prefix_kv,
-          None if prefix_mask_BxTxP is None else prefix_mask_BxTxP[:, 0], scale=e ** -0.5)
-      out_BxTxHxE = out_BxKxGxE.reshape(b, t, h, e)
-    elif kv_cache is not None and t == 1:
-      out_BxTxHxE = _attend_written_slots(attend, keys_BxKxSxE, values_BxKxSxE, mask_BxTxS,
-                                          write_slot + t)
+    if kv_cache is not None and t == 1:
+      # A decode step on one CPU device: XLA runs `attend`'s cache reductions as
+      # single-threaded loops; the compiled kernel is 2-3x faster (ttc.kernels).
+      if decode_attention.usable(q_BxTxKxGxE[:, 0], keys_BxKxSxE, prefix_kv):
+        out_BxKxGxE = decode_attention.attend(
+            q_BxTxKxGxE[:, 0], keys_BxKxSxE, values_BxKxSxE, mask_BxTxS[:, 0], prefix_kv,
+            None if prefix_mask_BxTxP is None else prefix_mask_BxTxP[:, 0], scale=e ** -0.5)
+        out_BxTxHxE = out_BxKxGxE.reshape(b, t, h, e)
+      else:
+        out_BxTxHxE = _attend_written_slots(attend, keys_BxKxSxE, values_BxKxSxE, mask_BxTxS,
+                                            write_slot + t)
     else:
       out_BxTxHxE = attend(keys_BxKxSxE, values_BxKxSxE, mask_BxTxS)
     out_BxTxD = dense("o_proj", (cfg.embed_dim,), ("q_heads", "head_dim", "embed"),
