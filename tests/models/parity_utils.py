@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc.models.kv_cache import EMPTY_POSITION, KVCache
+from ttc.decoding import samplers, sampling
+from ttc.models.kv_cache import EMPTY_POSITION
 from ttc.models.transformer import Transformer
 
 
@@ -31,25 +32,6 @@ def _forward(config, params, tokens_BxT):
   return Transformer(config).apply(params, tokens_BxT, positions_BxT)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _greedy(config, params, tokens_BxP, positions_BxP, num_new):
-  model = Transformer(config)
-  batch, prompt_len = tokens_BxP.shape
-  cache = KVCache.init(config, batch, prompt_len + num_new)
-  logits_BxPxV, cache = model.apply(params, tokens_BxP, positions_BxP, cache)
-  next_B = jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32)
-  start_B = positions_BxP.max(axis=1) + 1  # position of each row's first new token
-
-  def step(i, carry):
-    out_BxN, next_B, cache = carry
-    out_BxN = out_BxN.at[:, i].set(next_B)
-    logits_Bx1xV, cache = model.apply(params, next_B[:, None], (start_B + i)[:, None], cache)
-    return out_BxN, jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache
-
-  out_BxN = jnp.zeros((batch, num_new), jnp.int32)
-  return jax.lax.fori_loop(0, num_new, step, (out_BxN, next_B, cache))[0]
-
-
 def left_pad(prompts):
   """([B, P] tokens, [B, P] positions) with prompts left-padded; pads get position -1."""
   width = max(len(p) for p in prompts)
@@ -62,14 +44,15 @@ def left_pad(prompts):
 
 
 def ttc_greedy(config, params, prompts, num_new):
-  """Greedy continuations [B, num_new] of each prompt (lists of ids).
+  """Greedy continuations [B, num_new] of each prompt (lists of ids), by `sampling.sample`.
 
-  One prefill of the left-padded prompts (the cache keeps position -1 invisible), then
-  one token per row per step.
+  One prefill of the left-padded prompts, then one token per row per step, through
+  the CPU kernels where they run (several rows: packed weights too).
   """
-  tokens, positions = left_pad(prompts)
-  return np.asarray(_greedy(config, params, jnp.asarray(tokens), jnp.asarray(positions),
-                            num_new))
+  tokens, lengths = sampling.left_pad(prompts, max(len(p) for p in prompts))
+  samples = sampling.sample(Transformer(config), params, tokens, lengths, jax.random.key(0),
+                            samplers.Greedy(), max_new_tokens=num_new, eos_id=-1)
+  return np.asarray(samples.tokens_BxG)
 
 
 def torch_greedy(model, prompts, num_new):

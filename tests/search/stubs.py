@@ -57,6 +57,9 @@ class StubPolicy:
   num_choices: int
   logits: tuple = ()  # over choices; empty = uniform
 
+  def prepare(self, params, num_rows):
+    return params
+
   def start(self, params, prompts_QxP, lengths_Q, num_rows, num_slots):
     return _start(lengths_Q, num_rows)
 

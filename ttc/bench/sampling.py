@@ -7,11 +7,11 @@ For each model and N (samples of one prompt) it times G new tokens per sample,
 never stopping early (EOS disabled on both sides), with ancestral sampling at
 temperature 1. Both sides get the same float32 weights; ttc also runs them as int8
 weight-only (`ttc.models.quantization`). Printed per row: tokens/s, model FLOP/s as
-a fraction of the same run's float32 matmul peak (FLOPs = `ModelConfig.flops_per_token`:
+a fraction of the float32 matmul peak measured just before that N's rows (FLOPs = `ModelConfig.flops_per_token`:
 2 x matmul parameters, output projection included, plus attention over the mean
 context), and the ratio to transformers. A "matmuls" row times the model's float32
-weight matmuls alone at N rows (`weight_matmul_seconds`): the most a decode step
-could reach on this backend, whatever else it does.
+weight matmuls alone at N rows, through the same matmul the decode step uses
+(`weight_matmul_seconds`): the most a decode step could reach, whatever else it does.
 
 Models: `tiny` is the embedded task's policy shape (configs/arith/policy_tiny.gin)
 with random weights, written as an HF checkpoint and read back with `load_hf`;
@@ -31,7 +31,7 @@ import numpy as np
 
 from ttc.bench.common import REPO_ROOT, matmul_peak_flops, time_call
 from ttc.decoding import samplers, sampling
-from ttc.kernels import decode_attention
+from ttc.kernels import cpu_library, packed_matmul
 from ttc.models import hf_reference, quantization
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
@@ -80,9 +80,11 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
   """Seconds per decode step of the model's weight matmuls alone, at `rows` rows.
 
   Every float32 kernel, and the output projection, multiplies a [rows, inputs]
-  activation, with the weights passed as arguments as in sampling. Nothing else runs
-  (no attention, norms, cache writes or sampling), so a decode step cannot beat this
-  on the same backend: it is the ceiling of the "of peak" column.
+  activation, with the weights passed as arguments as in sampling, through the
+  matmul sampling uses: `packed_matmul` on packed weights where `sample_n` packs
+  them (`sampling.with_packed_weights`), XLA's dot elsewhere. Nothing else runs (no
+  attention, norms, cache writes or sampling), so a decode step cannot beat this on
+  the same backend: it is the ceiling of the "of peak" column.
   """
   def is_matmul(path, w):
     name = jax.tree_util.keystr(path)
@@ -101,12 +103,18 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
   assert counted == config.num_matmul_params(), (counted, config.num_matmul_params())
   inputs = {n: jax.random.normal(jax.random.key(n), (rows, n))
             for n in {k.shape[0] for k in kernels}}
+  shapes = [k.shape for k in kernels]
+  if sampling.packs_weights(config, rows):
+    kernels = [packed_matmul.pack(k) for k in kernels]  # before timing: sampling packs per call
+    matmul = lambda x, k, shape: packed_matmul.matmul(x, k, shape[1])
+  else:
+    matmul = lambda x, k, shape: jnp.dot(x, k)
 
   @jax.jit
   def run(kernels, inputs):
     def step(_, total):
       # The running total feeds every input, so no step's matmuls can be hoisted or skipped.
-      outs = [jnp.dot(inputs[k.shape[0]] + total, k) for k in kernels]
+      outs = [matmul(inputs[shape[0]] + total, k, shape) for k, shape in zip(kernels, shapes)]
       return total + sum(o[0, 0] for o in outs) * 1e-30
     return jax.lax.fori_loop(0, steps, step, jnp.float32(0))
   return time_call(run, kernels, inputs, repeats=repeats) / steps
@@ -143,11 +151,12 @@ def main():
     import torch
     torch.set_num_threads(os.cpu_count())
 
-  peak = matmul_peak_flops()
-  print(f"device: {jax.devices()[0].device_kind}; float32 matmul peak (same run): "
-        f"{peak / 1e9:.1f} GFLOP/s; {g} new tokens per sample, prompt {PROMPT_LEN} tokens; "
-        f"decode attention: "
-        f"{'CPU kernel (ttc.kernels)' if decode_attention.switched_on_here() else 'jnp'}")
+  kernels = ("decode attention, packed-weight matmuls at N > 1"
+             if cpu_library.switched_on_here() else "off")
+  # The machine's speed drifts over minutes, so the peak is measured again right
+  # before each N's rows and their "of peak" uses that.
+  print(f"device: {jax.devices()[0].device_kind}; {g} new tokens per sample, prompt "
+        f"{PROMPT_LEN} tokens; CPU kernels (ttc.kernels): {kernels}")
   header = f"{'model':8} {'weights':7} {'N':>3} {'tokens/s':>9} {'of peak':>8} {'vs HF':>6}"
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.models.split(","):
@@ -159,6 +168,9 @@ def main():
       print(f"\n{name}: {config.num_matmul_params() / 1e6:.1f}M matmul params, "
             f"{flops_per_token / 1e6:.1f} MFLOP per token\n{header}")
       for n in ns:
+        peak = matmul_peak_flops()
+        print(f"float32 matmul peak now (best square matmul, same run): {peak / 1e9:.1f} "
+              "GFLOP/s", flush=True)
         hf_rate = None
         if not args.skip_hf:
           hf_rate = n * g / hf_seconds(hf_model, prompt, n, g, args.repeats)

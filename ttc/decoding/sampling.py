@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttc.decoding import samplers
+from ttc.kernels import packed_matmul
 from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
-from ttc.models.transformer import Transformer
+from ttc.models.transformer import PACKED, Transformer
 
 
 class StopReason(enum.IntEnum):
@@ -91,6 +92,31 @@ def prefill(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, num
   logits_BxPxV, cache = model.apply(params, prompt_tokens_BxP, positions_BxP, cache)
   # Left padding puts every row's last prompt token in the last slot.
   return logits_BxPxV[:, -1], cache
+
+
+def packs_weights(config, rows: int) -> bool:
+  """Whether decoding `rows` rows of a `config` model packs its weights (see below).
+
+  One row reads the weights at memory speed either way, so it keeps XLA's matmul;
+  so does any other backend, a mesh, or a non-float32 model.
+  """
+  return rows > 1 and packed_matmul.usable(config.activation_dtype, config.weight_dtype)
+
+
+def with_packed_weights(model: Transformer, variables, rows: int):
+  """`variables` plus the PACKED collection where `packs_weights(model.config, rows)`.
+
+  XLA:CPU repacks every weight on every matmul; packed once here, the decode steps
+  of this call stream them instead (`ttc.kernels.packed_matmul`; 1.3x faster
+  matmuls at 64 rows). The packing costs one copy of the weights per call, and the
+  same again in memory while the call runs. Variables that already hold the
+  collection are returned as they are: a program that decodes in a loop (search)
+  packs once before it, since XLA does not move the packing out of the loop.
+  """
+  if PACKED in variables or not packs_weights(model.config, rows):
+    return variables
+  _, packed = model.apply(variables, method=Transformer.pack_weights, mutable=[PACKED])
+  return {**variables, **packed}
 
 
 StepFn = Callable[[jax.Array, jax.Array, KVCache], tuple[jax.Array, KVCache]]
@@ -189,6 +215,7 @@ def sample(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, rng,
   """
   sampler = samplers.as_sampler(sampler)
   batch, prompt_len = prompt_tokens_BxP.shape
+  params = with_packed_weights(model, params, batch)
   first_logits_BxV, cache = prefill(model, params, prompt_tokens_BxP, prompt_lengths_B,
                                     prompt_len + max_new_tokens)
 
@@ -224,6 +251,7 @@ def sample_n(model: Transformer, params, prompt_tokens_QxP, prompt_lengths_Q, rn
   """
   sampler = samplers.as_sampler(sampler)
   num_prompts, prompt_len = prompt_tokens_QxP.shape
+  params = with_packed_weights(model, params, num_prompts * num_samples)
   first_logits_QxV, prompt_cache = prefill(model, params, prompt_tokens_QxP, prompt_lengths_Q,
                                            prompt_len)
   prefix = PrefixCache.from_cache(prompt_cache)

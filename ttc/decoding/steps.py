@@ -89,6 +89,7 @@ def continue_until_step(model: Transformer, params, state: DecodeState, rng, sam
   slots_left = state.cache.num_slots - state.cache.end
   budget_B = jnp.where(state.finished_B, 0, jnp.minimum(max_step_tokens, slots_left))
   prefix = state.prefix
+  params = sampling.with_packed_weights(model, params, state.finished_B.shape[0])
 
   def step(token_B, position_B, cache):
     logits_Bx1xV, cache = model.apply(params, token_B[:, None], position_B[:, None], cache,

@@ -18,15 +18,12 @@
 // A query that sees no slot gets zeros.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <limits>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -133,39 +130,18 @@ void AttendOne(const Problem& p, int64_t b, int64_t h, float* scores, int64_t* v
   }
 }
 
-// Work shared by the calling thread and the pool's tasks. Tasks may start after the
-// call returned (the pool was busy); they then find no work left and only touch
-// this state, which they keep alive.
-struct Shared {
-  Problem problem;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mu;
-  std::condition_variable all_done;
-};
-
-void Work(Shared& shared) {
-  const Problem& p = shared.problem;
-  const int64_t total = p.rows * p.kv_heads;
-  std::vector<float> scores(p.group * (p.prefix_slots + p.slots));
-  std::vector<int64_t> visible(p.prefix_slots + p.slots);
-  auto attend = &AttendOne<1>;
+// The kernel instantiated for p.group query heads per kv head (1..8).
+auto AttendFor(const Problem& p) {
   switch (p.group) {
-    case 2: attend = &AttendOne<2>; break;
-    case 3: attend = &AttendOne<3>; break;
-    case 4: attend = &AttendOne<4>; break;
-    case 5: attend = &AttendOne<5>; break;
-    case 6: attend = &AttendOne<6>; break;
-    case 7: attend = &AttendOne<7>; break;
-    case 8: attend = &AttendOne<8>; break;
+    case 2: return &AttendOne<2>;
+    case 3: return &AttendOne<3>;
+    case 4: return &AttendOne<4>;
+    case 5: return &AttendOne<5>;
+    case 6: return &AttendOne<6>;
+    case 7: return &AttendOne<7>;
+    case 8: return &AttendOne<8>;
   }
-  int64_t finished = 0;
-  for (int64_t item; (item = shared.next.fetch_add(1)) < total; ++finished)
-    attend(p, item / p.kv_heads, item % p.kv_heads, scores.data(), visible.data());
-  if (finished && shared.done.fetch_add(finished) + finished == total) {
-    std::lock_guard<std::mutex> lock(shared.mu);
-    shared.all_done.notify_all();
-  }
+  return &AttendOne<1>;
 }
 
 ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
@@ -176,22 +152,23 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   auto qd = q.dimensions(), kd = k.dimensions(), pd = prefix_k.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || pd.size() != 4)
     return ffi::Error::InvalidArgument("decode_attention: q, k and prefix_k must be rank 4");
-  auto shared = std::make_shared<Shared>();
-  Problem& p = shared->problem;
-  p = Problem{q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
-              prefix_k.typed_data(), prefix_v.typed_data(), prefix_mask.typed_data(),
-              out->typed_data(), qd[0], qd[1], qd[2], qd[3], kd[2], pd[0], pd[2], scale};
+  const Problem p{q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
+                  prefix_k.typed_data(), prefix_v.typed_data(), prefix_mask.typed_data(),
+                  out->typed_data(), qd[0], qd[1], qd[2], qd[3], kd[2], pd[0], pd[2], scale};
   if (p.group < 1 || p.group > 8 || p.head_dim % kLanes)
     return ffi::Error::InvalidArgument(
         "decode_attention: needs 1 to 8 query heads per kv head and head_dim a multiple of 8");
   if (p.prompts <= 0 || p.rows % p.prompts)
     return ffi::Error::InvalidArgument("decode_attention: rows must be a multiple of prompts");
-  const int64_t total = p.rows * p.kv_heads;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([shared] { Work(*shared); });
-  Work(*shared);
-  std::unique_lock<std::mutex> lock(shared->mu);
-  shared->all_done.wait(lock, [&] { return shared->done.load() == total; });
+  const auto attend = AttendFor(p);
+  ttc::ParallelFor(pool, p.rows * p.kv_heads, [p, attend](int64_t item) {
+    // Scratch per thread, reused across items and calls.
+    thread_local std::vector<float> scores;
+    thread_local std::vector<int64_t> visible;
+    scores.resize(p.group * (p.prefix_slots + p.slots));
+    visible.resize(p.prefix_slots + p.slots);
+    attend(p, item / p.kv_heads, item % p.kv_heads, scores.data(), visible.data());
+  });
   return ffi::Error::Success();
 }
 

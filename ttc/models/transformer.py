@@ -16,12 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ttc.kernels import decode_attention
+from ttc.kernels import decode_attention, packed_matmul
 from ttc.models.config import ModelConfig
 from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 
 _init = nn.initializers.normal(stddev=0.02)
 constrain = nn.with_logical_constraint
+# Variable collection of weights packed for `packed_matmul` (see Transformer.pack_weights).
+PACKED = "cpu_packed"
 
 
 def _param(axes, init=_init):
@@ -38,6 +40,9 @@ class Dense(nn.Module):
   quantization="int8" stores the kernel output-major as int8 with a float32 `scale`
   per output feature (weight-only; see `ttc.models.quantization`), converted to the
   activation dtype where it is used.
+
+  With the kernel's panels in the PACKED collection (decoding on CPU), the product
+  runs through `packed_matmul` instead of XLA's dot.
   """
 
   features: tuple[int, ...]
@@ -67,14 +72,36 @@ class Dense(nn.Module):
     else:
       kernel = self.param("kernel", _param(self.kernel_axes), (*in_shape, *self.features),
                           self.param_dtype)
-      contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
-      y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                              ((contract, tuple(range(self.num_in_axes))), ((), ())))
+      out_size, in_size = math.prod(self.features), math.prod(in_shape)
+      panels = _packed_panels(
+          self, "kernel", lambda: packed_matmul.pack(kernel.reshape(in_size, out_size)),
+          self.dtype, self.param_dtype)
+      if panels is not None:
+        y = packed_matmul.matmul(x.reshape(-1, in_size), panels, out_size)
+        y = y.reshape(*x.shape[:x.ndim - self.num_in_axes], *self.features)
+      else:
+        contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((contract, tuple(range(self.num_in_axes))), ((), ())))
     if self.use_bias:
       bias = self.param("bias", _param(out_axes, nn.initializers.zeros), self.features,
                         self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
+
+
+def _packed_panels(module: nn.Module, name: str, pack_fn, activation_dtype, weight_dtype):
+  """One weight's `packed_matmul` panels, pack_fn(), or None to use XLA's dot.
+
+  They exist only where a caller asked for them: created while the PACKED
+  collection is mutable (`Transformer.pack_weights`), read while it is passed in.
+  Never at init, and only where `packed_matmul` runs (float32, one CPU device).
+  """
+  wanted = module.has_variable(PACKED, name) or (
+      module.is_mutable_collection(PACKED) and not module.is_initializing())
+  if not (wanted and packed_matmul.usable(activation_dtype, weight_dtype)):
+    return None
+  return module.variable(PACKED, name, pack_fn).value
 
 
 def _int8_init(key, shape, dtype):
@@ -88,6 +115,8 @@ class Embed(nn.Module):
 
   quantization="int8": int8 rows with a float32 `scale` per row (= per vocabulary
   entry), which serves both the lookup and the tied output projection.
+  tied: `attend` is used; its weight (embedding.T) then has panels in the PACKED
+  collection when the Dense kernels do.
   """
 
   vocab_size: int
@@ -95,6 +124,7 @@ class Embed(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   quantization: str = "none"
+  tied: bool = False
 
   def setup(self):
     int8 = self.quantization == "int8"
@@ -104,6 +134,9 @@ class Embed(nn.Module):
     if int8:
       self.scale = self.param("scale", _param(("vocab",), nn.initializers.ones),
                               (self.vocab_size,), jnp.float32)
+    self.attend_panels = None if not self.tied else _packed_panels(
+        self, "attend", lambda: packed_matmul.pack(self.embedding, transposed=True), self.dtype,
+        self.embedding.dtype)
 
   def __call__(self, tokens_BxT):
     x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0).astype(self.dtype)
@@ -112,6 +145,10 @@ class Embed(nn.Module):
     return x_BxTxD
 
   def attend(self, x_BxTxD):
+    if self.attend_panels is not None:
+      b, t, d = x_BxTxD.shape
+      return packed_matmul.matmul(x_BxTxD.reshape(b * t, d), self.attend_panels,
+                                  self.vocab_size).reshape(b, t, self.vocab_size)
     logits = jnp.dot(x_BxTxD.astype(self.dtype), self.embedding.astype(self.dtype).T)
     if self.quantization == "int8":
       logits = logits * self.scale.astype(self.dtype)
@@ -384,7 +421,8 @@ class Transformer(nn.Module):
   def setup(self):
     cfg = self.config
     self.embed_tokens = Embed(cfg.vocab_size, cfg.embed_dim, cfg.activation_dtype,
-                              cfg.weight_dtype, cfg.quantization, name="embed_tokens")
+                              cfg.weight_dtype, cfg.quantization, cfg.tied_embeddings,
+                              name="embed_tokens")
     self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.norm = RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name="norm")
     if not cfg.tied_embeddings:
@@ -444,6 +482,17 @@ class Transformer(nn.Module):
       logits = self.lm_head(x_BxTxD)
     logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)
+
+  def pack_weights(self):
+    """Fills the PACKED collection: `apply(variables, method=..., mutable=[PACKED])`.
+
+    Every matmul weight gets its `packed_matmul` panels, which later applies that are
+    given the collection use (where `packed_matmul.usable`; elsewhere it stays
+    empty). It runs a one-token forward pass only so that each layer packs its own
+    weights; its outputs are discarded, so XLA keeps only the packing.
+    """
+    tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
+    self.logits(self.hidden_states(tokens_1x1, tokens_1x1)[0])
 
   def __call__(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
                deterministic: bool = True, segment_ids_BxT=None,

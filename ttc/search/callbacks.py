@@ -4,6 +4,7 @@ Search programs (`ttc.search.tree_search`) never call a model directly. They hol
 an opaque per-row state for each model and move it with three verbs, so a test can
 swap in a stub whose best path is known by construction:
 
+  policy.prepare(params, num_rows) -> params   # once per search, before the loops
   policy.start(params, prompts_QxP, lengths_Q, num_rows, num_slots) -> state
   policy.step(params, state, rng, sampler, max_step_tokens, until_delimiter)
       -> (Samples of the step, state)          # rows that finished generate nothing
@@ -19,7 +20,7 @@ jitted search and a new instance with equal fields reuses the compiled program.
 
 import dataclasses
 
-from ttc.decoding import steps
+from ttc.decoding import sampling, steps
 from ttc.models.transformer import Transformer
 from ttc.verifiers import scoring
 from ttc.verifiers.reward_model import RewardModel
@@ -37,6 +38,10 @@ class PolicyCallbacks:
   step_ids: tuple[int, ...]
   eos_id: int
   pad_id: int = 0
+
+  def prepare(self, params, num_rows: int):
+    """Weights packed once for the CPU kernels where B = num_rows rows use them."""
+    return sampling.with_packed_weights(self.model, params, num_rows)
 
   def start(self, params, prompts_QxP, lengths_Q, num_rows: int, num_slots: int):
     return steps.start(self.model, params, prompts_QxP, lengths_Q, num_rows=num_rows,

@@ -235,6 +235,7 @@ def search(policy, prm, policy_params, prm_params, prompts_QxP, lengths_Q, live_
   num_problems = prompts_QxP.shape[0]
   num_rows = config.num_rows
   batch = num_problems * num_rows
+  policy_params = policy.prepare(policy_params, batch)
   policy_state = policy.start(policy_params, prompts_QxP, lengths_Q, num_rows, config.num_slots)
   policy_state = policy.finish(policy_state, jnp.repeat(~live_Q, num_rows))
   prm_state = prm.start(prm_params, prompts_QxP, lengths_Q, num_rows, config.prm_slots)

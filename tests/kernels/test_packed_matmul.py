@@ -1,0 +1,102 @@
+"""The packed-weight CPU matmul, and decoding with weights packed by the model."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ttc.decoding import samplers, sampling
+from ttc.kernels import cpu_library, packed_matmul
+from ttc.models import quantization
+from ttc.models.config import ModelConfig
+from ttc.models.transformer import PACKED, Transformer
+from ttc.train import partitioning
+
+
+@pytest.mark.parametrize("m,k,n", [
+    (1, 64, 16),  # one row
+    (7, 3, 20),  # a partial tile of rows and a padded panel
+    (64, 576, 48),  # decode rows of SmolLM2's width
+    (200, 33, 37),  # several blocks of rows, the last one partial
+    (5, 0, 16),  # an empty sum
+])
+def test_matmul_of_packed_weights_is_x_at_w(m, k, n):
+  assert cpu_library.available()  # this machine has a compiler: the kernels must build
+  rng = np.random.default_rng(m + k + n)
+  x = rng.standard_normal((m, k)).astype(np.float32)
+  w = rng.standard_normal((k, n)).astype(np.float32)
+  panels = packed_matmul.pack(w)
+  padded = np.pad(w, ((0, 0), (0, -n % 16)))
+  np.testing.assert_array_equal(panels, padded.reshape(k, padded.shape[1] // 16, 16).transpose(1, 0, 2))
+  np.testing.assert_array_equal(packed_matmul.pack(w.T.copy(), transposed=True), panels)
+  got = jax.jit(packed_matmul.matmul, static_argnums=2)(x, panels, n)
+  np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
+
+
+def _model(**overrides):
+  config = ModelConfig(**{**dict(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4,
+                                 num_kv_heads=2, head_dim=8, mlp_dim=48), **overrides})
+  model = Transformer(config)
+  return model, partitioning.init_params(model, jax.random.key(0))
+
+
+def _pack(model, params):
+  return model.apply(params, method=Transformer.pack_weights, mutable=[PACKED])[1]
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(tied_embeddings=True),  # the output projection from the embedding (SmolLM2)
+    dict(qkv_bias=True),  # untied lm_head and biases (Qwen2)
+])
+def test_forward_with_packed_weights_matches_xla_dot(overrides):
+  model, params = _model(**overrides)
+  packed = _pack(model, params)
+  leaves = jax.tree_util.tree_leaves_with_path(packed)
+  names = {jax.tree_util.keystr(path) for path, _ in leaves}
+  num_dense = 7 * model.config.num_layers + (0 if overrides.get("tied_embeddings") else 1)
+  assert len(leaves) == num_dense + overrides.get("tied_embeddings", 0)
+  assert any("attend" in name for name in names) == bool(overrides.get("tied_embeddings"))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (3, 5)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(5), (3, 5))
+  forward = jax.jit(lambda variables: model.apply(variables, tokens, positions)[0])
+  assert cpu_library.PACKED_MATMUL in forward.lower({**params, **packed}).as_text()
+  packed_variables = {**params, **packed}  # packed once, e.g. before a search's loops
+  assert sampling.with_packed_weights(model, packed_variables, rows=8) is packed_variables
+  np.testing.assert_allclose(forward({**params, **packed}), forward(params), atol=2e-5)
+
+
+def test_nothing_is_packed_at_init_on_a_mesh_or_for_int8_weights():
+  model, params = _model()
+  assert PACKED not in model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
+                                  jnp.zeros((1, 1), jnp.int32))
+  with jax.set_mesh(partitioning.make_mesh(2, 2, 2)), nn.logical_axis_rules(
+      partitioning.DEFAULT_RULES):
+    assert not jax.tree.leaves(jax.jit(_pack, static_argnums=0)(model, params))
+    assert sampling.with_packed_weights(model, params, rows=8) is params
+  config, int8_params = quantization.quantize_params(model.config, params)
+  assert not jax.tree.leaves(_pack(Transformer(config), int8_params))
+
+
+def test_sampling_packs_for_several_rows_and_gives_the_same_tokens(monkeypatch):
+  model, params = _model(tied_embeddings=True)
+  tokens, lengths = sampling.left_pad([[5, 6, 7, 8], [9, 10]], 4)
+
+  def run(num_samples):
+    jax.clear_caches()  # whether to pack is decided while tracing
+    args = (model, params, tokens, lengths, jax.random.key(0), samplers.Greedy())
+    kwargs = dict(num_samples=num_samples, max_new_tokens=10, eos_id=-1)
+    program = sampling.sample_n.lower(*args, **kwargs).as_text()
+    return cpu_library.PACKED_MATMUL in program, sampling.sample_n(*args, **kwargs)
+
+  packed, with_panels = run(3)
+  monkeypatch.setattr(cpu_library, "cpu_kernel_enabled", lambda: False)
+  not_packed, with_dot = run(3)
+  assert packed and not not_packed
+  np.testing.assert_array_equal(with_panels.tokens_BxG, with_dot.tokens_BxG)
+  np.testing.assert_allclose(with_panels.logprobs_BxG, with_dot.logprobs_BxG, atol=1e-5)
+  monkeypatch.undo()
+  one_row = sampling.sample_n.lower(model, params, tokens[:1], lengths[:1], jax.random.key(0),
+                                    samplers.Greedy(), num_samples=1, max_new_tokens=4,
+                                    eos_id=-1)
+  assert cpu_library.PACKED_MATMUL not in one_row.as_text()  # one row keeps XLA's matmul
