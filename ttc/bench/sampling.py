@@ -7,11 +7,12 @@ For each model and N (samples of one prompt) it times G new tokens per sample,
 never stopping early (EOS disabled on both sides), with ancestral sampling at
 temperature 1. Both sides get the same float32 weights; ttc also runs them as int8
 weight-only (`ttc.models.quantization`). Printed per row: tokens/s, model FLOP/s as
-a fraction of the float32 matmul peak measured just before that N's rows (FLOPs = `ModelConfig.flops_per_token`:
-2 x matmul parameters, output projection included, plus attention over the mean
-context), and the ratio to transformers. A "matmuls" row times the model's float32
-weight matmuls alone at N rows, through the same matmul the decode step uses
-(`weight_matmul_seconds`): the most a decode step could reach, whatever else it does.
+a fraction of the float32 matmul peak measured just before that N's rows (FLOPs =
+`ModelConfig.flops_per_token`: 2 x matmul parameters, output projection included,
+plus attention over the mean context), and the ratio to transformers. A "matmuls"
+row times the model's float32 weight matmuls alone at N rows, through the same
+matmul the decode step uses (`weight_matmul_seconds`): the most a decode step could
+reach, whatever else it does.
 
 Models: `tiny` is the embedded task's policy shape (configs/arith/policy_tiny.gin)
 with random weights, written as an HF checkpoint and read back with `load_hf`;

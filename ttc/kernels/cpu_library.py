@@ -1,9 +1,10 @@
 """The CPU kernels of `ttc.kernels`: compiled once from source, registered with XLA.
 
 Each `*_cpu.cc` beside this file defines XLA FFI handlers (`*.h` are shared
-helpers). They are compiled together into one shared library with the system C++ compiler the first time a
-process needs a kernel (a few seconds), and the library is kept in a cache
-directory keyed by the sources, the flags, jax's version and the CPU. Without a
+helpers). They are compiled together into one shared library with the system C++
+compiler the first time a process needs a kernel (a few seconds), and the library
+is kept in a cache directory keyed by the sources, the flags, jax's version and
+the CPU. Without a
 compiler `available()` is False (one warning) and the model runs its plain jnp
 code: the kernels only change speed.
 
@@ -69,7 +70,8 @@ def build() -> pathlib.Path:
   """
   compiler = os.environ.get("CXX", "c++")
   key = hashlib.sha256(b"\0".join([
-      *(source.read_bytes() for source in _SOURCES + _HEADERS), " ".join((compiler,) + _FLAGS).encode(),
+      *(source.read_bytes() for source in _SOURCES + _HEADERS),
+      " ".join((compiler,) + _FLAGS).encode(),
       jax.__version__.encode(), _cpu_identity().encode()])).hexdigest()[:16]
   directory = _cache_dir()
   try:
@@ -94,7 +96,7 @@ def build() -> pathlib.Path:
 
 @functools.cache
 def available() -> bool:
-  """Builds the kernels and registers them once per process; False (logged) if they cannot be built."""
+  """Builds and registers the kernels once per process; False (logged) if they cannot."""
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
   except (OSError, subprocess.SubprocessError) as error:
