@@ -57,28 +57,28 @@ class Dense(nn.Module):
   def __call__(self, x):
     in_shape = x.shape[x.ndim - self.num_in_axes:]
     in_axes, out_axes = self.kernel_axes[:self.num_in_axes], self.kernel_axes[self.num_in_axes:]
+    out_size, in_size = math.prod(self.features), math.prod(in_shape)
+    batch_shape = x.shape[:x.ndim - self.num_in_axes]
     if self.quantization == "int8":
       # Output-major [*features, *in_shape], like torch's Linear, used as one 2-D
       # matmul [rows, in] x [out, in]^T: the form in which XLA:CPU fuses the int8
       # convert into the matmul instead of writing a float copy of the kernel.
       kernel = self.param("kernel", _param(out_axes + in_axes, _int8_init),
                           (*self.features, *in_shape), jnp.int8)
-      out_size, in_size = math.prod(self.features), math.prod(in_shape)
       x_2d = x.reshape(-1, in_size).astype(self.dtype)
       y = jnp.dot(x_2d, kernel.reshape(out_size, in_size).astype(self.dtype).T)
-      y = y.reshape(*x.shape[:x.ndim - self.num_in_axes], *self.features)
+      y = y.reshape(*batch_shape, *self.features)
       y = y * self.param("scale", _param(out_axes, nn.initializers.ones), self.features,
                          jnp.float32).astype(self.dtype)
     else:
       kernel = self.param("kernel", _param(self.kernel_axes), (*in_shape, *self.features),
                           self.param_dtype)
-      out_size, in_size = math.prod(self.features), math.prod(in_shape)
       panels = _packed_panels(
           self, "kernel", lambda: packed_matmul.pack(kernel.reshape(in_size, out_size)),
           self.dtype, self.param_dtype)
       if panels is not None:
         y = packed_matmul.matmul(x.reshape(-1, in_size), panels, out_size)
-        y = y.reshape(*x.shape[:x.ndim - self.num_in_axes], *self.features)
+        y = y.reshape(*batch_shape, *self.features)
       else:
         contract = tuple(range(x.ndim - self.num_in_axes, x.ndim))
         y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
