@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from ttc import generate
+from ttc import generate, workdir
 from ttc.decoding import sampling
 from ttc.errors import UserError
 from ttc.models import smollm2
@@ -55,13 +55,13 @@ def test_smollm2_json_says_paris(smol_path):
 
 
 def test_smollm2_chat_prompt_starts_with_im_start(smol_path):
-  checkpoint = generate.open_checkpoint(smol_path)  # tokenizer only, no weights
-  ids = checkpoint.encode("What is the capital of France?", True)
-  im_start = checkpoint.encode("<|im_start|>", False)
+  codec = workdir.open_checkpoint(smol_path).codec  # tokenizer only, no weights
+  ids = codec.encode_prompt("What is the capital of France?", True)
+  im_start = codec.encode_prompt("<|im_start|>", False)
   assert len(im_start) == 1 and ids[0] == im_start[0]
   # SmolLM2's EOS is <|im_end|>: no extra stop id.
-  assert checkpoint.stop_ids == () and checkpoint.decode([checkpoint.eos_id]) == "<|im_end|>"
-  assert checkpoint.encode(PROMPT, False)[0] != im_start[0]  # no BOS: add_bos_token is false
+  assert codec.stop_ids(True) == () and codec.decode([codec.eos_id]) == "<|im_end|>"
+  assert codec.encode_prompt(PROMPT, False)[0] != im_start[0]  # no BOS: add_bos_token is false
 
 
 @pytest.mark.slow
@@ -162,6 +162,6 @@ def test_bad_flags_and_kinds_are_user_errors(tmp_path):
   assert e.value.code == 2
   (tmp_path / "weights.bin").write_bytes(b"")
   with pytest.raises(UserError, match="unknown checkpoint kind"):
-    generate.open_checkpoint(str(tmp_path / "weights.bin"))
+    workdir.open_checkpoint(str(tmp_path / "weights.bin"))
   with pytest.raises(UserError, match="unknown checkpoint kind"):
-    generate.open_checkpoint(str(tmp_path))
+    workdir.open_checkpoint(str(tmp_path))

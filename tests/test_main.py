@@ -66,6 +66,23 @@ def test_split_with_no_examples(tmp_path, stage, knob):
   _assert_one_error_line(result, "no examples", knob)
 
 
+@pytest.mark.parametrize("flags, workdir, fragments", [
+    ([], "a_file/run", ["run.workdir", "cannot be created"]),
+    (["--gin.run.stages=[@train]", "--gin.train.batch_size=0"], "run",
+     ["train.batch_size=0", "positive integer"]),
+    (["--gin.run.stages=[@train]", "--gin.make_mesh.tensor=3"], "run",
+     ["make_mesh", "tensor=3", "multiple of 3 devices"]),
+    (["--gin.train.num_steps=-5"], "run", ["train.num_steps=-5", "positive integer"]),
+], ids=["workdir_not_creatable", "batch_size_0", "mesh_not_dividing_devices", "num_steps_negative"])
+def test_bad_value_fails_where_it_enters_before_any_work(tmp_path, flags, workdir, fragments):
+  (tmp_path / "a_file").write_text("a file where the work dir's parent should be")
+  result = _run(QUICK, *flags, workdir=tmp_path / workdir)
+  _assert_one_error_line(result, *fragments)
+  assert "done in" not in result.stdout  # no stage finished (num_steps=-5 used to "train")
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "run" / "model_config.json").exists()
+
+
 def test_quickstart_pipeline_end_to_end_in_miniature(tmp_path):
   """The README's main job with a few steps: trains, checkpoints, evaluates, writes configs."""
   result = _run(QUICK, "--gin.train.num_steps=6", "--gin.train.checkpoint_every=3",
@@ -74,7 +91,7 @@ def test_quickstart_pipeline_end_to_end_in_miniature(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "pass@16" in result.stdout and "level_5" in result.stdout
   results = __import__("json").loads((tmp_path / "eval_test.json").read_text())
-  assert results["step"] == 6 and results["results"]["overall"]["problems"] == 5
+  assert results["policy_step"] == 6 and results["results"]["overall"]["problems"] == 5
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["3", "6"]
   operative = (tmp_path / "operative_config.gin").read_text()

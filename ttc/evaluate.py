@@ -1,134 +1,133 @@
-"""Evaluation stage: sample the trained policy, grade, report pass@k by difficulty."""
+"""Stage `evaluate`: sample a policy on a task's split, grade, report accuracy by level.
+
+    evaluate(workdir, task=..., policy="")   # "" = the work dir's own trained policy
+
+Per problem it draws `num_samples` solutions (temperature 0 = greedy) and reports, by
+difficulty level and overall: pass@k for each k in `ks`, and majority-vote accuracy
+over all the samples (`maj@N`: the most frequent extracted answer, grouped by the
+task's answer equivalence, is graded). Also the tokens generated, the wall time and
+tokens/s. Writes `<workdir>/<output_name>.json` and a per-problem JSONL beside it.
+"""
 
 import collections
 import json
-import math
 import os
+import time
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
-from ttc.data import arith, tasks, vocab
-from ttc.decoding import samplers, sampling
+from ttc import stats, workdir as workdir_lib
+from ttc.data import task as task_lib
+from ttc.decoding import generation, samplers
 from ttc.errors import UserError
-from ttc.models.config import ModelConfig
-from ttc.models.transformer import Transformer
-from ttc.train import checkpointing, partitioning
+from ttc.verifiers import aggregation
 
 
-def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
-  """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
-  if num_samples < k:
-    raise ValueError(f"pass@{k} needs at least {k} samples, got {num_samples}")
-  if num_samples - num_correct < k:
-    return 1.0
-  return 1.0 - math.comb(num_samples - num_correct, k) / math.comb(num_samples, k)
+def make_sampler(temperature: float) -> samplers.Sampler:
+  """Greedy at temperature 0, else plain temperature sampling."""
+  if temperature < 0:
+    raise UserError(f"temperature must be >= 0, got {temperature}")
+  return samplers.Greedy() if temperature == 0 else samplers.Temperature(
+      jnp.float32(temperature))
 
 
-def load_model_config(workdir: str) -> ModelConfig:
-  path = os.path.join(workdir, "model_config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{path} not found: {workdir} is not a trained ttc work dir")
-  with open(path) as f:
-    return ModelConfig(**json.load(f))
+def majority_correct(task: task_lib.Task, problem: task_lib.Problem, answers: list) -> bool:
+  """Whether the most frequent answer among `answers` (None = no answer) is right."""
+  ids = np.asarray(task.answer_ids(answers), np.int32)
+  if (ids == task_lib.NO_ANSWER).all():
+    return False
+  row = int(aggregation.choose_answer(ids, np.ones(len(ids), np.float32), "majority"))
+  return task.is_correct(answers[row], problem)
 
 
-def load_policy(workdir: str, mesh, rules):
-  """(model, params placed in their mesh shardings, step) from a ttc work dir."""
-  config = load_model_config(workdir)
-  model = Transformer(config)
-  abstract, _ = partitioning.abstract_params(model, mesh, rules)
-  params, step = checkpointing.restore_params(os.path.join(workdir, "checkpoints"), abstract)
-  return model, params, step
-
-
-def select_problems(task_name: str, split: str, max_problems_per_level: int = 0):
-  """The split's problems, the first `max_problems_per_level` of each level (0 = all)."""
-  try:
-    problems = tasks.problems_for(task_name, split)
-  except ValueError as e:
-    raise UserError(str(e)) from e
-  if max_problems_per_level:
-    per_level = collections.defaultdict(list)
-    for p in problems:
-      per_level[p.level].append(p)
-    problems = [p for ps in per_level.values() for p in ps[:max_problems_per_level]]
-  return problems
-
-
-def format_table(rows: dict, ks) -> str:
-  header = f"{'level':>7} {'problems':>8} " + " ".join(f"{f'pass@{k}':>8}" for k in ks)
+def format_table(rows: dict, columns) -> str:
+  header = f"{'level':>7} {'problems':>8} " + " ".join(f"{c:>8}" for c in columns)
   lines = [header]
   for name, row in rows.items():
     lines.append(f"{name:>7} {row['problems']:>8} " +
-                 " ".join(f"{row[f'pass@{k}']:>8.3f}" for k in ks))
+                 " ".join(f"{row[c]:>8.3f}" for c in columns))
   return "\n".join(lines)
 
 
 @gin.configurable(denylist=["workdir"])
-def evaluate(workdir: str, task_name: str = gin.REQUIRED, split: str = "test",
+def evaluate(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "test",
              num_samples: int = 16, temperature: float = 1.0, ks=(1, 16),
-             inputs_length: int = 32, max_new_tokens: int = 128, batch_size: int = 256,
-             max_problems_per_level: int = 0, seed: int = 0):
-  """Samples `num_samples` solutions per problem and writes eval_<split>.json.
+             max_new_tokens: int = 128, batch_size: int = 256, max_problems_per_level: int = 0,
+             max_problems: int = 0, seed: int = 0, output_name: str = ""):
+  """Samples `num_samples` solutions per problem; writes `<output_name>.json`.
 
-  Returns {"overall": {...}, "level_1": {...}, ...} with pass@k for each k in `ks`.
-  max_problems_per_level: 0 = all problems of the split.
-  batch_size: sampled rows per step: batch_size // num_samples problems (at least one),
-    each prefilled once and shared by its num_samples rows.
+  task: a `ttc.data.task.Task` (or a registered task name).
+  policy: the checkpoint to sample ("" = this work dir's; a path or "smollm2").
+  ks: pass@k columns (each <= num_samples). batch_size: sampled rows per call, i.e.
+    batch_size // num_samples problems, each prefilled once and shared by its rows.
+  max_problems_per_level / max_problems: the first so many of each level / of the
+    split (0 = all). output_name: default `eval_<split>`.
+  Returns {"overall": {...}, "level_1": {...}, ...}.
   """
-  problems = select_problems(task_name, split, max_problems_per_level)
-  if max(ks) > num_samples:
-    raise UserError(f"pass@{max(ks)} needs num_samples >= {max(ks)}; got {num_samples}")
-  mesh = partitioning.make_mesh()
-  rules = partitioning.logical_axis_rules()
-  char_vocab = vocab.CharVocabulary()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    model, params, step = load_policy(workdir, mesh, rules)
-    prompts = [tasks.encode_prompt(p.prompt) for p in problems]
-    problems_per_batch = max(1, batch_size // num_samples)
-    texts = []
-    rng = jax.random.key(seed)
-    for start in tqdm.trange(0, len(prompts), problems_per_batch, desc=f"sample {split}",
-                             disable=None):
-      chunk = prompts[start:start + problems_per_batch]
-      chunk = chunk + [chunk[-1]] * (problems_per_batch - len(chunk))  # one compiled shape
-      tokens, lengths = sampling.left_pad(chunk, inputs_length)
-      out = sampling.sample_n(model, params, tokens, lengths, jax.random.fold_in(rng, start),
-                              samplers.Temperature(jnp.float32(temperature)),
-                              num_samples=num_samples, max_new_tokens=max_new_tokens,
-                              eos_id=vocab.EOS_ID)
-      # Rows are problem-major: num_samples consecutive rows per problem.
-      texts.extend(char_vocab.decode(row.tolist()) for row in np.asarray(out.tokens_BxG))
-  texts = texts[:len(problems) * num_samples]
+  task = task_lib.get(task)
+  for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens),
+                      ("batch_size", batch_size)):
+    if value < 1:
+      raise UserError(f"evaluate.{name} must be >= 1, got {value}")
+  if max_problems < 0 or max_problems_per_level < 0:
+    raise UserError("evaluate.max_problems and max_problems_per_level must be >= 0 (0 = all)")
+  if not ks or max(ks) > num_samples or min(ks) < 1:
+    raise UserError(f"evaluate.ks={tuple(ks)} must lie in [1, num_samples={num_samples}]")
+  sampler = make_sampler(temperature)
+  problems = task.select(split, max_problems_per_level)
+  problems = problems[:max_problems] if max_problems else problems
+  output_name = output_name or f"eval_{split}"
 
-  correct = collections.defaultdict(list)  # level -> correct counts per problem
+  with workdir_lib.device_context() as devices:
+    loaded = workdir_lib.load_policy(policy, devices, workdir)
+    prompts = [loaded.codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
+    started = time.perf_counter()
+    out = generation.generate_texts(
+        loaded, prompts, jax.random.key(seed), sampler, num_samples=num_samples,
+        max_new_tokens=max_new_tokens, prompts_per_call=batch_size // num_samples,
+        stop_ids=loaded.codec.stop_ids(task.chat), progress=f"sample {split}")
+    seconds = time.perf_counter() - started
+
+  per_level = collections.defaultdict(list)  # level -> (correct count, majority right)
   records = []
-  for i, problem in enumerate(problems):
-    samples = texts[i * num_samples:(i + 1) * num_samples]
-    c = sum(arith.grade(t, problem.answer) for t in samples)
-    correct[problem.level].append(c)
-    records.append({"uid": problem.uid, "level": problem.level, "correct": c,
-                    "samples": num_samples, "example": samples[0]})
+  for q, problem in enumerate(problems):
+    texts, finished = out.per_prompt(q, num_samples)
+    # A sample that never ended (ran out of tokens) has no answer.
+    answers = [task.extract_answer(t) if f else None for t, f in zip(texts, finished)]
+    correct = [a is not None and task.is_correct(a, problem) for a in answers]
+    majority = majority_correct(task, problem, answers)
+    per_level[problem.level].append((sum(correct), majority))
+    records.append({"uid": problem.uid, "level": problem.level, "answer": problem.answer,
+                    "correct": sum(correct), "samples": num_samples, "majority": majority,
+                    "answers": answers, "texts": texts})
 
-  def summarize(counts):
-    row = {"problems": len(counts)}
+  columns = [f"pass@{k}" for k in ks] + [f"maj@{num_samples}"]
+
+  def summarize(rows):
+    summary = {"problems": len(rows)}
     for k in ks:
-      row[f"pass@{k}"] = float(np.mean([pass_at_k(num_samples, c, k) for c in counts]))
-    return row
+      summary[f"pass@{k}"] = float(np.mean([stats.pass_at_k(num_samples, c, k)
+                                            for c, _ in rows]))
+    summary[f"maj@{num_samples}"] = float(np.mean([m for _, m in rows]))
+    return summary
 
-  results = {f"level_{lvl}": summarize(correct[lvl]) for lvl in sorted(correct)}
-  results["overall"] = summarize([c for lvl in correct for c in correct[lvl]])
-  print(f"{split} split, checkpoint step {step}, {num_samples} samples/problem at "
-        f"temperature {temperature}:")
-  print(format_table(results, ks))
-  with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
-    json.dump({"step": step, "temperature": temperature, "num_samples": num_samples,
+  results = {f"level_{lvl}": summarize(per_level[lvl]) for lvl in sorted(per_level)}
+  results["overall"] = summarize([r for lvl in per_level for r in per_level[lvl]])
+  cost = {"tokens_generated": out.num_tokens, "wall_s": seconds,
+          "tokens_per_s": out.num_tokens / max(seconds, 1e-9)}
+  print(f"{task.name} {split} split ({len(problems)} problems), policy {loaded.source}"
+        f"{'' if loaded.step is None else f' step {loaded.step}'}, {num_samples} samples/problem"
+        f" at temperature {temperature}:")
+  print(format_table(results, columns))
+  print(f"{cost['tokens_generated']} tokens in {seconds:.0f} s ({cost['tokens_per_s']:.1f} "
+        "tokens/s, compilation included)")
+  with open(os.path.join(workdir, f"{output_name}.json"), "w") as f:
+    json.dump({"task": task.name, **loaded.describe(), "temperature": temperature,
+               "num_samples": num_samples, "max_new_tokens": max_new_tokens, **cost,
                "results": results}, f, indent=1)
-  with open(os.path.join(workdir, f"eval_{split}_problems.jsonl"), "w") as f:
+  with open(os.path.join(workdir, f"{output_name}_problems.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
   return results

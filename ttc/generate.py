@@ -15,14 +15,13 @@ one generated_ids list and one text per sample, without padding and without the 
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Sequence
 
 USAGE_EXAMPLE = 'python -m ttc.generate --checkpoint PATH --prompt "TEXT" [--prompt ...]'
-EVAL_PROMPT_LENGTH = 32  # ttc work dirs: `evaluate.evaluate`'s inputs_length
+EVAL_PROMPT_LENGTH = 32  # ttc work dirs: the prompt bucket their policies were trained with
 MIN_BUCKET = 16  # smallest padded prompt length
 
 
@@ -37,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = _Parser(prog="python -m ttc.generate", description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", required=True,
-                 help="a .gguf file, an HF checkpoint directory, or a ttc work dir")
+                 help="a .gguf file, an HF checkpoint directory, a ttc work dir, or 'smollm2'")
   p.add_argument("--prompt", action="append", required=True,
                  help="prompt text; repeat for several prompts (one batch)")
   p.add_argument("--max_new_tokens", type=int, default=64)
@@ -63,142 +62,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
-@dataclasses.dataclass
-class Checkpoint:
-  """What generation needs from a checkpoint; weights are loaded only by `load_weights`.
-
-  encode(text, chat) -> prompt token ids; decode(ids) -> text.
-  context: the longest prompt + generation the model supports, in tokens (None: unknown).
-  load_weights(mesh, rules) -> (Transformer, {"params": ...}).
-  """
-
-  kind: str  # "gguf" | "hf" | "workdir"
-  encode: Callable[[str, bool], list[int]]
-  decode: Callable[[Sequence[int]], str]
-  eos_id: int  # -1: none
-  stop_ids: tuple[int, ...]  # extra stop ids under --chat
-  context: Optional[int]
-  context_source: str  # the metadata key `context` came from, for error messages
-  load_weights: Callable[[Any, Any], tuple[Any, Any]]
-
-
-def _text_codec(tokenizer, add_bos: Optional[bool]):
-  """(encode, decode, chat stop ids) for a `TextTokenizer`.
-
-  add_bos: GGUF's `tokenizer.ggml.add_bos_token`; None means "let tokenizer.json's
-  post-processor decide" (HF), which `TextTokenizer.encode` would skip.
-  """
-  from ttc.errors import UserError
-
-  def encode(text: str, chat: bool) -> list[int]:
-    if chat:
-      # The template writes its own BOS where the model wants one.
-      text = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                           add_generation_prompt=True)
-      return tokenizer.encode(text)
-    if add_bos is None:
-      return tokenizer.tokenizer.encode(text, add_special_tokens=True).ids
-    if add_bos and tokenizer.bos_id is None:
-      raise UserError("the GGUF metadata asks for a BOS token (tokenizer.ggml.add_bos_token) "
-                      "but defines no bos_token_id")
-    return tokenizer.encode(text, add_bos=add_bos)
-
-  im_end = tokenizer.tokenizer.token_to_id("<|im_end|>")
-  stop_ids = (im_end,) if im_end is not None and im_end != tokenizer.eos_id else ()
-  return encode, tokenizer.decode, stop_ids
-
-
-def open_checkpoint(path: str) -> Checkpoint:
-  """Recognises the checkpoint at `path` and reads its tokenizer and context length."""
-  from ttc.errors import UserError
-  if not os.path.exists(path):
-    raise UserError(f"checkpoint {path} not found; pass a .gguf file, an HF checkpoint "
-                    "directory or a ttc work dir")
-
-  if os.path.isfile(path):
-    if not path.endswith(".gguf"):
-      raise UserError(f"unknown checkpoint kind {path}: a file must be a llama .gguf; "
-                      "directories may be HF checkpoints or ttc work dirs")
-    from ttc.models import gguf_loader, tokenizer as tokenizer_lib
-    reader = gguf_loader.open_gguf(path)
-    gguf_loader.config_from_gguf(reader)  # Refuses non-llama files before weights load.
-    tokenizer = tokenizer_lib.tokenizer_from_gguf(reader)
-    field = reader.get_field("tokenizer.ggml.add_bos_token")
-    add_bos = bool(field.contents()) if field is not None else False
-    field = reader.get_field("llama.context_length")
-    context = int(field.contents()) if field is not None else None
-    del reader
-    encode, decode, stop_ids = _text_codec(tokenizer, add_bos)
-
-    def load_gguf(mesh, rules):
-      from ttc.models.transformer import Transformer
-      config, params, _ = gguf_loader.load_gguf(path, mesh, rules)
-      return Transformer(config), params
-
-    return Checkpoint("gguf", encode, decode,
-                      -1 if tokenizer.eos_id is None else int(tokenizer.eos_id), stop_ids,
-                      context, "llama.context_length", load_gguf)
-
-  if os.path.exists(os.path.join(path, "config.json")):
-    from ttc.models import hf_loader, tokenizer as tokenizer_lib
-    with open(os.path.join(path, "config.json")) as f:
-      try:
-        hf = json.load(f)
-      except json.JSONDecodeError as e:
-        raise UserError(f"cannot parse {path}/config.json ({e}); download it again") from None
-    hf_loader.config_from_hf(hf)  # Refuses unsupported architectures before weights load.
-    tokenizer = tokenizer_lib.tokenizer_from_hf(path)
-    encode, decode, stop_ids = _text_codec(tokenizer, add_bos=None)
-
-    def load_hf(mesh, rules):
-      from ttc.models.transformer import Transformer
-      config, params = hf_loader.load_hf(path, mesh, rules)
-      return Transformer(config), params
-
-    context = hf.get("max_position_embeddings")
-    return Checkpoint("hf", encode, decode,
-                      -1 if tokenizer.eos_id is None else int(tokenizer.eos_id), stop_ids,
-                      None if context is None else int(context), "max_position_embeddings",
-                      load_hf)
-
-  if os.path.exists(os.path.join(path, "model_config.json")):
-    from ttc.data import tasks, vocab  # seqio + TensorFlow: imported only for work dirs.
-    char_vocab = vocab.CharVocabulary()
-
-    def encode(text: str, chat: bool) -> list[int]:
-      if chat:
-        raise UserError("--chat needs a chat template; ttc work dirs have a character "
-                        "vocabulary without one (drop --chat)")
-      return tasks.encode_prompt(text)
-
-    def load_policy(mesh, rules):
-      from ttc import evaluate
-      model, params, _ = evaluate.load_policy(path, mesh, rules)
-      return model, params
-
-    # The context is set per call: the evaluation prompt bucket plus --max_new_tokens.
-    return Checkpoint("workdir", encode, lambda ids: char_vocab.decode(list(ids)),
-                      vocab.EOS_ID, (), None, f"prompt bucket of {EVAL_PROMPT_LENGTH}",
-                      load_policy)
-
-  raise UserError(f"unknown checkpoint kind {path}: a directory needs config.json (Hugging "
-                  "Face) or model_config.json (ttc work dir)")
-
-
 def check_lengths(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                  checkpoint: Checkpoint):
-  """Raises a UserError if a prompt plus its generation does not fit the model's context."""
+                  checkpoint):
+  """Raises a UserError if a prompt plus its generation does not fit the context of
+  `checkpoint` (a `ttc.workdir.Checkpoint`)."""
   from ttc.errors import UserError
-  context = checkpoint.context
-  if checkpoint.kind == "workdir":
-    context = EVAL_PROMPT_LENGTH + max_new_tokens
+  context, source = checkpoint.context, checkpoint.context_source
+  if checkpoint.kind == "workdir":  # no fixed context: the prompt bucket plus the generation
+    context, source = EVAL_PROMPT_LENGTH + max_new_tokens, f"prompt bucket of {EVAL_PROMPT_LENGTH}"
   if context is None:
     return
   for i, ids in enumerate(prompt_ids):
     if len(ids) + max_new_tokens > context:
       raise UserError(
           f"prompt {i + 1} has {len(ids)} tokens; with --max_new_tokens {max_new_tokens} that "
-          f"exceeds the model's context of {context} tokens ({checkpoint.context_source}); "
+          f"exceeds the model's context of {context} tokens ({source}); "
           "shorten the prompt or lower --max_new_tokens")
 
 
@@ -237,26 +115,27 @@ def generate(model, params, prompt_ids: Sequence[Sequence[int]], *, max_new_toke
 
 def run(args: argparse.Namespace, out=sys.stdout):
   """Loads the checkpoint, generates, prints; raises UserError on bad input."""
-  checkpoint = open_checkpoint(args.checkpoint)
-  prompt_ids = [checkpoint.encode(p, args.chat) for p in args.prompt]
+  from ttc import workdir
+  checkpoint = workdir.open_checkpoint(args.checkpoint)
+  prompt_ids = [checkpoint.codec.encode_prompt(p, args.chat) for p in args.prompt]
   check_lengths(prompt_ids, args.max_new_tokens, checkpoint)  # Before minutes of loading.
 
   import flax.linen as nn
   import jax
 
-  from ttc.train import partitioning
+  from ttc import partitioning
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   rules = partitioning.logical_axis_rules()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    model, params = checkpoint.load_weights(mesh, rules)
+    model, params, _ = checkpoint.load_weights(mesh, rules)
     generated = generate(model, params, prompt_ids, max_new_tokens=args.max_new_tokens,
-                         eos_id=checkpoint.eos_id,
-                         stop_ids=checkpoint.stop_ids if args.chat else (),
+                         eos_id=checkpoint.codec.eos_id,
+                         stop_ids=checkpoint.codec.stop_ids(args.chat),
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          num_samples=args.num_samples, seed=args.seed)
 
   for prompt, ids, samples in zip(args.prompt, prompt_ids, generated):
-    texts = [checkpoint.decode(s) for s in samples]
+    texts = [checkpoint.codec.decode(s) for s in samples]
     if args.json:
       print(json.dumps({"prompt": prompt, "prompt_ids": ids, "generated_ids": samples,
                         "texts": texts}), file=out)

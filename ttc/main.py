@@ -44,14 +44,15 @@ def parse_flags(argv):
 
 def _import_configurables():
   # Importing registers every configurable a gin file may name.
-  import ttc.data.tasks  # noqa: F401
+  from ttc.data import task
+  task.import_builtin_tasks()
   import ttc.evaluate  # noqa: F401
   import ttc.search.report  # noqa: F401
   import ttc.search.sweep  # noqa: F401
+  import ttc.train.reward_training  # noqa: F401
   import ttc.train.trainer  # noqa: F401
   import ttc.verifiers.evaluation  # noqa: F401
   import ttc.verifiers.labeling  # noqa: F401
-  import ttc.verifiers.training  # noqa: F401
   import ttc.stages  # noqa: F401
 
 

@@ -18,15 +18,24 @@ def run(workdir: str = gin.REQUIRED, stages=gin.REQUIRED, distributed: bool = Fa
   if distributed:
     import jax
     jax.distributed.initialize()
-  if not workdir:
-    raise UserError("run.workdir is empty; set --gin.WORKDIR=\"'path'\"")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.gin"), "w") as f:
-    f.write(gin.config_str())
+  if not workdir or not isinstance(workdir, str):
+    raise UserError(f"run.workdir={workdir!r} is not a path; set --gin.WORKDIR=\"'path'\"")
+  if callable(stages) or not isinstance(stages, (list, tuple)):
+    raise UserError(f"run.stages={stages!r} is not a list; write e.g. "
+                    "--gin.run.stages=[@train,@evaluate]")
   for stage in stages:
     if not callable(stage):
       raise UserError(f"run.stages entry {stage!r} is not a configurable; write @train, "
                       "@evaluate, ...")
+  # Checked before any stage runs: an unwritable work dir would fail one after its work.
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+  except OSError as e:
+    raise UserError(f"run.workdir {workdir!r} cannot be created or written "
+                    f"({e.strerror or e}); set --gin.WORKDIR=\"'a/writable/dir'\"") from e
+  for stage in stages:
     started = time.perf_counter()
     stage(workdir=workdir)
     seconds = time.perf_counter() - started

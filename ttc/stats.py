@@ -1,5 +1,7 @@
 """Confidence intervals for accuracies over problems (the tables of issues 4 and 5)."""
 
+import math
+
 import numpy as np
 
 
@@ -28,3 +30,12 @@ def bootstrap_interval(values, level: float = 0.95, num_resamples: int = 2000,
 def format_interval(mean: float, low: float, high: float) -> str:
   """'0.512 [0.455, 0.570]'."""
   return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+  """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+  if num_samples < k:
+    raise ValueError(f"pass@{k} needs at least {k} samples, got {num_samples}")
+  if num_samples - num_correct < k:
+    return 1.0
+  return 1.0 - math.comb(num_samples - num_correct, k) / math.comb(num_samples, k)

@@ -9,7 +9,7 @@ import pytest
 from ttc.decoding import samplers, sampling
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, mlp_dim=64)
@@ -140,9 +140,13 @@ MODEL_CALLS = []  # (batch, new tokens) of every model call, recorded at trace t
 
 
 class _CallRecordingTransformer(Transformer):
-  def __call__(self, tokens_BxT, positions_BxT, *args, **kwargs):
-    MODEL_CALLS.append(tokens_BxT.shape)
-    return super().__call__(tokens_BxT, positions_BxT, *args, **kwargs)
+  """Records the [B, T] of every pass with a KV cache (prefill and decode steps alike;
+  weight packing runs a cacheless one-token pass)."""
+
+  def hidden_states(self, tokens_BxT, positions_BxT, cache=None, *args, **kwargs):
+    if cache is not None:
+      MODEL_CALLS.append(tokens_BxT.shape)
+    return super().hidden_states(tokens_BxT, positions_BxT, cache, *args, **kwargs)
 
 
 @pytest.mark.parametrize("n", [1, 4])

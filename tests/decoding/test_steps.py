@@ -8,7 +8,7 @@ import pytest
 from ttc.decoding import samplers, sampling, steps
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, mlp_dim=64)
@@ -21,9 +21,10 @@ def policy():
   return model, jax.jit(lambda k: partitioning.init_params(model, k))(jax.random.key(3))
 
 
-def _start(model, params, num_rows, max_tokens):
+def _start(model, params, num_rows, max_tokens, num_slots=None):
   tokens, lengths = sampling.left_pad(PROMPTS, 6)
-  return steps.start(model, params, tokens, lengths, num_rows=num_rows, max_tokens=max_tokens)
+  return steps.start(model, params, tokens, lengths, num_rows=num_rows, max_tokens=max_tokens,
+                     num_slots=num_slots)
 
 
 def _run_steps(model, params, state, num_steps, step_ids, sampler, seed=0, max_step_tokens=8):
@@ -106,14 +107,61 @@ def test_take_rows_reorders_and_forks_within_each_prompt(policy):
   assert cont[:3] == [plain[1]] * 3 and cont[3:] == [plain[2]] * 3
 
 
-def test_rows_finish_when_their_slots_run_out(policy):
+def test_rows_finish_at_their_cap(policy):
   model, params = policy
   state = _start(model, params, num_rows=2, max_tokens=10)
   rows, reasons, state = _run_steps(model, params, state, 4, (), samplers.Greedy(),
                                     max_step_tokens=4)
-  assert all(len(r) == 10 for r in rows)  # 4 + 4 + 2 slots, then nothing
+  assert all(len(r) == 10 for r in rows)  # 4 + 4 + 2 tokens, then nothing
   assert np.all(reasons[-1] == 0) and np.all(np.asarray(state.finished_B))
+  np.testing.assert_array_equal(state.length_B, 10)
   assert int(state.cache.end) == 10
+
+
+def _subject_steps(model, params, neighbour_first: bool):
+  """Row 1's three steps (tokens, stop reason) under a cap of 12 tokens and 8-token
+  steps, in 12 + 8 slots; first, if asked, row 0 (another prompt) runs to its cap."""
+  state = _start(model, params, num_rows=1, max_tokens=12, num_slots=12 + 8)
+  greedy = samplers.Greedy()
+  if neighbour_first:
+    state = state.replace(finished_B=jnp.array([False, True]))  # row 1 waits
+    rows, _, state = _run_steps(model, params, state, 3, (), greedy)
+    assert len(rows[0]) == 12 and bool(state.finished_B[0])  # at its cap, not past it
+  state = state.replace(finished_B=jnp.array([True, False]))
+  out = []
+  for _ in range(3):
+    state = steps.take_rows(state, jnp.zeros((2, 1), jnp.int32))  # packs, as search does
+    rows, reasons, state = _run_steps(model, params, state, 1, (), greedy)
+    out.append((rows[1], int(reasons[0][1])))
+  return out, state
+
+
+def test_a_rows_step_budget_is_its_own_not_its_long_neighbours(policy):
+  """A neighbour at its cap holds the shared write slot at 12 of 20; row 1 still gets
+  its own budget: min(8, 12 - its tokens), the same steps as without the neighbour."""
+  model, params = policy
+  alone, _ = _subject_steps(model, params, neighbour_first=False)
+  crowded, state = _subject_steps(model, params, neighbour_first=True)
+  assert crowded == alone
+  assert [len(tokens) for tokens, _ in alone] == [8, 4, 0]
+  assert [reason for _, reason in alone] == [sampling.StopReason.MAX_NEW_TOKENS] * 2 + [0]
+  np.testing.assert_array_equal(state.length_B, [12, 12])
+  assert np.all(np.asarray(state.finished_B))
+
+
+def test_undersized_slots_cut_a_row_and_finish_it(policy):
+  """Slots below the rule (cap 12 in 12 slots): the neighbour's 12 leave row 1 none."""
+  model, params = policy
+  state = _start(model, params, num_rows=1, max_tokens=12)
+  state = state.replace(finished_B=jnp.array([False, True]))
+  _, _, state = _run_steps(model, params, state, 2, (), samplers.Greedy())
+  state = steps.take_rows(state.replace(finished_B=jnp.array([True, False])),
+                          jnp.zeros((2, 1), jnp.int32))
+  out, state = steps.continue_until_step(model, params, state, jax.random.key(0),
+                                         samplers.Greedy(), max_step_tokens=8, step_ids=(),
+                                         eos_id=-1)
+  assert int(out.lengths_B[1]) == 0 and bool(state.finished_B[1])
+  assert int(state.cache.end) == 12  # nothing written past the last slot
 
 
 def test_eos_finishes_a_row_for_good(policy):

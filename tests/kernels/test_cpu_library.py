@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from ttc.kernels import cpu_library
-from ttc.train import partitioning
+from ttc import partitioning
 
 
 def test_the_kernels_build_here_and_register_every_target():

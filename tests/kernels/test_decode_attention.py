@@ -9,7 +9,7 @@ from ttc.decoding import samplers, sampling
 from ttc.kernels import cpu_library, decode_attention
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 
 def _reference(q, k, v, mask, pk, pv, pmask, scale):

@@ -12,7 +12,7 @@ import pytest
 
 from ttc.errors import UserError
 from ttc.models.hf_loader import load_hf
-from ttc.train import partitioning
+from ttc import partitioning
 
 from parity_utils import torch_greedy, torch_logits, ttc_greedy, ttc_logits
 

@@ -8,7 +8,7 @@ import pytest
 from ttc.models import quantization
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 from parity_utils import ttc_greedy, ttc_logits
 

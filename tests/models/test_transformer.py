@@ -9,7 +9,7 @@ import pytest
 from ttc.models.config import ModelConfig
 from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, mlp_dim=64)

@@ -16,7 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttc import partitioning
 from ttc.decoding import sampling, steps
+from ttc.models.config import ModelConfig
+from ttc.models.transformer import Transformer
+from ttc.search.callbacks import PolicyCallbacks, PrmCallbacks
+from ttc.verifiers import reward_model
 
 DELIMITER = 99
 EOS = 100
@@ -60,7 +65,7 @@ class StubPolicy:
   def prepare(self, params, num_rows):
     return params
 
-  def start(self, params, prompts_QxP, lengths_Q, num_rows, num_slots):
+  def start(self, params, prompts_QxP, lengths_Q, num_rows, num_slots, max_tokens):
     return _start(lengths_Q, num_rows)
 
   def step(self, params, state, rng, sampler, max_step_tokens, until_delimiter):
@@ -129,3 +134,19 @@ def paths(result, num_choices: int) -> np.ndarray:
       for g in range(0, lengths[q, n], 2):
         out[q, n] = out[q, n] * num_choices + tokens[q, n, g] - 1
   return out
+
+
+TINY_CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                          head_dim=8, mlp_dim=64)
+
+
+def random_models(delimiter: int, eos: int, config: ModelConfig = TINY_CONFIG):
+  """(policy callbacks, PRM callbacks, policy params, PRM params) of a real tiny policy and
+  PRM with random weights (init keys 1 and 2): search on real models, no training."""
+  policy = Transformer(config)
+  prm = reward_model.RewardModel(config)
+  policy_params = partitioning.init_params(policy, jax.random.key(1))
+  prm_params = partitioning.init_params(prm, jax.random.key(2))
+  prm_params["params"]["value_head"]["kernel"] *= 100.0  # spread scores over (0, 1)
+  return (PolicyCallbacks(policy, (delimiter,), eos), PrmCallbacks(prm, chunk=4),
+          policy_params, prm_params)

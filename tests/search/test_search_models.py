@@ -1,5 +1,8 @@
 """Search through the real callbacks: tiny random policy and PRM (ttc.search.callbacks)."""
 
+import inspect
+import typing
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,10 +12,12 @@ import pytest
 from ttc.decoding import samplers, sampling
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.search import methods, tree_search
+from ttc.data import arith_task
+from ttc.search import callbacks, methods, oracle, tree_search
 from ttc.search.callbacks import PolicyCallbacks, PrmCallbacks
-from ttc.train import partitioning
+from ttc import partitioning, workdir
 from ttc.verifiers import reward_model, scoring
+from tests.search import stubs
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                      head_dim=8, mlp_dim=64)
@@ -22,13 +27,7 @@ PROMPTS = [[5, 6, 7, 8], [9, 10], [3, 4, 5], [11]]
 
 @pytest.fixture(scope="module")
 def models():
-  policy = Transformer(CONFIG)
-  prm = reward_model.RewardModel(CONFIG)
-  policy_params = partitioning.init_params(policy, jax.random.key(1))
-  prm_params = partitioning.init_params(prm, jax.random.key(2))
-  prm_params["params"]["value_head"]["kernel"] *= 100.0  # spread scores over (0, 1)
-  return (PolicyCallbacks(policy, (DELIMITER,), EOS), PrmCallbacks(prm, chunk=4),
-          policy_params, prm_params)
+  return stubs.random_models(DELIMITER, EOS, CONFIG)
 
 
 def _search(models, name, budget, seed=0, sampler=samplers.Temperature(jnp.float32(1.0))):
@@ -106,3 +105,59 @@ def test_search_on_8_device_mesh_matches_one_device(models, name):
   np.testing.assert_array_equal(many.lengths_QxN, one.lengths_QxN)
   np.testing.assert_allclose(many.scores_QxN, one.scores_QxN, atol=1e-5)
   np.testing.assert_array_equal(many.tokens_generated_Q, one.tokens_generated_Q)
+
+
+def _contract(protocol) -> dict:
+  """{verb: parameter names after self} of a callbacks Protocol."""
+  return {name: list(inspect.signature(getattr(protocol, name)).parameters)[1:]
+          for name in protocol.__dict__ if not name.startswith("_")}
+
+
+def test_real_callbacks_and_stubs_fill_the_protocols_that_search_names():
+  assert set(_contract(callbacks.SearchPolicy)) == {"prepare", "start", "step", "finished",
+                                                    "finish", "take_rows"}
+  assert set(_contract(callbacks.SearchVerifier)) == {"start", "score", "overflowed",
+                                                      "take_rows"}
+  policies = [PolicyCallbacks(Transformer(CONFIG), (DELIMITER,), EOS),
+              stubs.StubPolicy(depth=2, num_choices=2)]
+  verifiers = [PrmCallbacks(reward_model.RewardModel(CONFIG)),
+               oracle.OracleCallbacks.for_problems(arith_task.ArithTask(), workdir.char_codec(),
+                                                   []),
+               stubs.StubPrm(num_choices=2, score_fn=lambda path_B, depth_B: depth_B / 2.0)]
+  for protocol, implementations in ((callbacks.SearchPolicy, policies),
+                                    (callbacks.SearchVerifier, verifiers)):
+    for impl in implementations:
+      assert isinstance(impl, protocol), (type(impl).__name__, protocol.__name__)
+      hash(impl)  # a static argument of the jitted search
+      for verb, params in _contract(protocol).items():
+        got = list(inspect.signature(getattr(impl, verb)).parameters)
+        assert got == params, (type(impl).__name__, verb, got, params)
+  # The policy is no verifier (no score): the check can fail.
+  assert not isinstance(policies[0], callbacks.SearchVerifier)
+  hints = typing.get_type_hints(inspect.unwrap(tree_search.search))
+  assert hints.get("policy") is callbacks.SearchPolicy
+  assert hints.get("prm") is callbacks.SearchVerifier
+
+
+def test_chat_stop_ids_end_a_solution_like_eos(models):
+  policy, prm, policy_params, prm_params = models
+  sampler = samplers.Temperature(jnp.float32(1.0))
+  tokens, lengths = sampling.left_pad(PROMPTS, 4)
+  plain = sampling.sample_n(policy.model, policy_params, tokens, lengths,
+                            jax.random.fold_in(jax.random.key(3), 0), sampler, num_samples=1,
+                            max_new_tokens=24, eos_id=EOS)
+  # An end-of-turn id that this seed's plain samples emit: it must end those solutions.
+  emitted = np.asarray(plain.tokens_BxG)[np.arange(24) < np.asarray(plain.lengths_B)[:, None]]
+  stop = int(next(t for t in emitted if t not in (EOS, DELIMITER, 0)))
+  chat = PolicyCallbacks(policy.model, (DELIMITER,), EOS, stop_ids=(stop,))
+  for name in ("best_of_n", "beam_m2"):
+    got = _search((chat, prm, policy_params, prm_params), name, 4, seed=3, sampler=sampler)
+    tokens_QxNxW, lengths_QxN = np.asarray(got.tokens_QxNxW), np.asarray(got.lengths_QxN)
+    for q, n in np.ndindex(lengths_QxN.shape):
+      row = tokens_QxNxW[q, n, :lengths_QxN[q, n]].tolist()
+      ends = [i for i, t in enumerate(row) if t in (EOS, stop)]
+      # Nothing follows the first end of the solution, and it counts as complete.
+      assert ends == ([] if not ends else [len(row) - 1]), (name, row)
+      assert bool(got.complete_QxN[q, n]) == bool(ends), (name, row)
+    assert any(stop in tokens_QxNxW[q, n, :lengths_QxN[q, n]]
+               for q, n in np.ndindex(lengths_QxN.shape)), name

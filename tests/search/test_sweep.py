@@ -1,17 +1,22 @@
-"""The search_sweep stage through the driver: results, kill -9 resume, bad input; report."""
+"""The search_sweep stage through the driver: results, kill -9 resume, bad input; the
+oracle verifier; the answer pick; results tables and the report's figure."""
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import typing
 
 import jax
 import numpy as np
 import pytest
 
-from ttc.search import report, sweep
-from ttc.train import checkpointing, partitioning
+from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc.data import arith_task, task as task_lib
+from ttc.errors import UserError
+from ttc.search import report, results, sweep, tree_search
 from ttc.verifiers import reward_model
 from tests.kill_mid_write import KILL_AT_SECOND_WRITE
 from tests.verifiers.conftest import POLICY_CONFIG, write_policy_workdir
@@ -22,7 +27,7 @@ SWEEP = [
     "--gin.register_arith_task.num_train_per_level=10",
     "--gin.register_arith_task.num_eval_per_level=2",
     "--gin.run.stages=[@search_sweep]",
-    "--gin.search_sweep.task_name=%TASK",
+    "--gin.search_sweep.task=%TASK",
     # Lookahead runs the whole beam-search path too (k = 0 is beam search).
     "--gin.search_sweep.method_names=['best_of_n', 'lookahead_k1_m2']",
     "--gin.search_sweep.budgets=[4]",
@@ -83,11 +88,14 @@ def test_kill_9_mid_sweep_then_rerun_equals_a_straight_run(workdir, tmp_path):
   assert len(got) == len((resumed / "search_test.jsonl").read_text().splitlines()) == 10
   assert got == want
   assert "accuracy" in result.stdout and "lookahead_k1_m2" in result.stdout
-  records = sweep.read_results(str(resumed / "search_test.jsonl"))
+  records = results.read_results(str(resumed / "search_test.jsonl"))
   for r in records:
     assert r["generations"] <= r["budget"] and r["tokens_generated"] > 0
     assert r["prm_tokens"] > r["tokens_generated"]  # the prompt, then each token once
     assert r["correct"] in (True, False) and r["complete"] <= r["rows"]
+  settings = json.loads((resumed / "search_test.settings.json").read_text())
+  assert settings["task"] == "arith_sft" and settings["verifier"] == "prm"
+  assert settings["policy_kind"] == "workdir" and settings["policy_step"] == 1
 
   # Asking again for what is there computes nothing and compiles nothing.
   again = _cli(resumed)
@@ -124,13 +132,97 @@ def test_accuracy_table_averages_seeds_then_problems_and_plot_writes_a_png(tmp_p
              _record("b", 2, "beam", 4, True), _record("a", 1, "beam", 16, True),
              _record("b", 2, "beam", 16, True), _record("a", 1, "best_of_n", 4, False),
              _record("b", 2, "best_of_n", 4, True)]
-  table = report.accuracy_table(records)
+  table = results.accuracy_table(records)
   assert table["beam"][4][0] == pytest.approx((0.5 + 1.0) / 2)
   assert table["beam"][16] == (1.0, 1.0, 1.0)
-  assert report.accuracy_table(records, level=2)["best_of_n"][4][0] == 1.0
-  assert "N=16" in report.format_table(table)
-  assert "1.200" in report.format_costs(records)  # PRM tokens / generated = 12 / 10
+  assert results.accuracy_table(records, level=2)["best_of_n"][4][0] == 1.0
+  assert "N=16" in results.format_table(table)
+  assert "1.200" in results.format_costs(records)  # PRM tokens / generated = 12 / 10
   out = tmp_path / "search.png"
   report.plot(records, str(out))
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert np.isfinite(table["beam"][4][1])
+
+
+def test_report_and_sweep_share_the_results_schema_not_each_other():
+  imports = {}
+  for module in (report, sweep):
+    with open(module.__file__) as f:
+      imports[module] = [line for line in f if line.startswith(("import ", "from "))]
+    assert any("search import" in line and "results" in line for line in imports[module])
+  assert not any("sweep" in line for line in imports[report])
+  assert not any("report" in line for line in imports[sweep])
+
+
+CHAR_CODEC = workdir_lib.char_codec()
+
+
+def _result(texts, complete, scores):
+  """A one-problem `SearchResult` (host arrays) of N solution texts."""
+  ids = [CHAR_CODEC.encode(t) for t in texts]
+  tokens = np.zeros((1, len(texts), 32), np.int32)
+  for n, row in enumerate(ids):
+    tokens[0, n, :len(row)] = row
+  return tree_search.SearchResult(
+      tokens_QxNxW=tokens, lengths_QxN=np.array([[len(r) for r in ids]]),
+      scores_QxN=np.array([scores], np.float32), complete_QxN=np.array([complete]),
+      rounds=np.int32(1), tokens_generated_Q=np.zeros(1, np.int32),
+      prm_tokens_Q=np.zeros(1, np.int32), prm_overflowed=np.bool_(False))
+
+
+def test_choose_sums_scores_over_the_tasks_equal_answers():
+  task = arith_task.ArithTask(name="choose_test")
+  problem = task_lib.Problem(uid="p", question="2+5", answer="7", level=1)
+  # "7" and "007" are one answer to the task: 0.3 + 0.3 beats 0.5. An unfinished row
+  # (no EOS) has no answer, however high its score.
+  result = _result(["\\boxed{7}", "\\boxed{8}", "\\boxed{007}", "\\boxed{8}", "\\boxed{9}"],
+                   [True, True, True, False, False], [0.3, 0.5, 0.3, 0.9, 0.99])
+  chosen = sweep._choose(task, CHAR_CODEC, problem, result, 0)
+  assert chosen == {"answer": "7", "correct": True, "complete": 3}
+  result = _result(["\\boxed{7}", "\\boxed{8}"], [True, True], [0.3, 0.5])
+  assert sweep._choose(task, CHAR_CODEC, problem, result, 0)["correct"] is False
+  result = _result(["\\boxed{7}"], [False], [0.3])
+  assert sweep._choose(task, CHAR_CODEC, problem, result, 0) == {
+      "answer": None, "correct": False, "complete": 0}
+
+
+class _NoStepChecker(arith_task.ArithTask):
+
+  @property
+  def has_step_checker(self):
+    return False
+
+
+def test_oracle_needs_a_task_with_a_step_checker(tmp_path):
+  with pytest.raises(UserError, match="no step checker.*verifier = 'prm'"):
+    sweep.search_sweep(str(tmp_path), task=_NoStepChecker(name="unchecked"), verifier="oracle")
+  assert not list(tmp_path.iterdir())  # refused before anything was loaded or written
+
+
+class _RecordingTask(arith_task.ArithTask):
+  """Notes which problems the oracle checks."""
+
+  checked: typing.ClassVar[set] = set()
+
+  def step_correctness(self, problem, text):
+    self.checked.add(problem.uid)
+    return super().step_correctness(problem, text)
+
+
+def test_oracle_sweep_checks_each_problem_by_its_own_prompt(tmp_path):
+  """The oracle looks each row's problem up by the prompt the sweep encoded."""
+  path = write_policy_workdir(tmp_path / "work")
+  base = arith_task.register_arith_task(name="oracle_sweep", num_train_per_level=1,
+                                        num_eval_per_level=1, levels=[(1, 9), (2, 9)])
+  task = _RecordingTask(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+  table = sweep.search_sweep(str(path), task=task, verifier="oracle",
+                             method_names=("best_of_n", "beam_m2"), budgets=(2,),
+                             max_solution_tokens=24, max_step_tokens=8, rows_per_batch=4)
+  # Both problems share a batch (2 x 2 rows); each row was checked against its own.
+  assert task.checked == {p.uid for p in task.problems("test")} and len(task.checked) == 2
+  records = results.read_results(str(path / "search_test.jsonl"))
+  assert sorted((r["method"], r["level"]) for r in records) == [
+      ("beam_m2", 1), ("beam_m2", 2), ("best_of_n", 1), ("best_of_n", 2)]
+  assert set(table) == {"best_of_n", "beam_m2"}
+  settings = json.loads((path / "search_test.settings.json").read_text())
+  assert settings["verifier"] == "oracle" and settings["task"] == "oracle_sweep"

@@ -135,3 +135,26 @@ def test_method_configs(name, budget, rows, group, expand, k):
 def test_unknown_method_is_one_clear_error():
   with pytest.raises(ValueError, match="unknown search method 'beam4'"):
     methods.make_config("beam4", 4, max_solution_tokens=8, max_step_tokens=4)
+
+
+def test_slots_leave_every_row_a_full_step_and_too_few_are_refused():
+  """Packed each round, the shared write slot is at most the cap; then each step in
+  flight (the round's own, k rollout steps) needs a whole step more, the PRM's in
+  whole chunks. Whole solutions stay in lockstep and need the cap only."""
+  def make(name, budget, step=16, **slots):
+    return methods.make_config(name, budget, max_solution_tokens=64, max_step_tokens=step,
+                               **slots)
+
+  beam = make("beam_m4", 16)
+  assert (beam.num_slots, beam.prm_slots) == (64 + 16, 64 + 16)
+  k3 = make("lookahead_k3", 64)
+  assert (k3.num_slots, k3.prm_slots) == (64 + 4 * 16, 64 + 4 * 16)
+  assert make("lookahead_k3", 4).num_slots == 64 + 16  # one row: nothing to select, no rollout
+  assert make("beam_m4", 16, step=10).prm_slots == 64 + 16  # a step in whole chunks of 8
+  best = make("best_of_n", 16)
+  assert (best.num_slots, best.prm_slots) == (64, 64)
+  assert tree_search.SearchConfig(num_rows=4, group_size=4).num_slots == 144 + 32
+  with pytest.raises(ValueError, match="num_slots=79 is below the 80"):
+    make("beam_m4", 16, num_slots=79)
+  with pytest.raises(ValueError, match="prm_slots=70 is below the 80"):
+    make("beam_m4", 16, prm_slots=70)

@@ -10,10 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import checkpointing, optimizer, partitioning, trainer
+from ttc import checkpointing, partitioning
+from ttc.errors import UserError
+from ttc.train import optimizer, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -30,36 +34,93 @@ def _batch(batch=8, length=16):
           "decoder_segment_ids": np.ones((batch, length), np.int32)}
 
 
-def _one_step(mesh):
+B1, B2, ADAM_EPS = 0.9, 0.95, 1e-8  # the optimizer's betas; eps is optax.adamw's default
+# A weight's gradient sums B*L = 128 per-token terms, each through f32 contractions of length
+# <= 64. Any summation order lands within n*u = 128 * 6e-8 ~ 1e-5 of the exact sum relative to
+# the summed magnitudes, for which the leaf's largest gradient stands in; the loss, a mean over
+# the same tokens, gets the same bound. Measured between the meshes with AVX-512, AVX2 and
+# SSE4.2 code, one thread, 128-bit vectors, fast math and -O0: gradients <= 7.3e-7 of the leaf's
+# largest, loss <= 2.2e-7, grad norm <= 3.3e-7.
+GRAD_RTOL = 1e-5
+
+
+def _train_setup(mesh):
+  """(init() -> state, step(host state) -> (state, metrics)) on `mesh`, both jitted."""
   model = Transformer(CONFIG)
-  tx, schedule = optimizer.make_optimizer(10, learning_rate=1e-2, warmup_steps=0)
+  tx, schedule = optimizer.make_optimizer(10, learning_rate=1e-2, warmup_steps=0, b1=B1, b2=B2)
   rules = partitioning.logical_axis_rules()
   _, shardings, init = trainer.abstract_state(model, tx, mesh, rules)
   batch_sharding = partitioning.logical_to_sharding(
       ("activation_batch", "activation_length"), mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-    step = jax.jit(trainer.make_train_step(model, tx, schedule, seed=0),
-                   in_shardings=(shardings, batch_sharding),
-                   out_shardings=(shardings, partitioning.replicated(mesh)))
-    state, metrics = step(state, _batch())
-    state, metrics = step(state, _batch())
-  return jax.device_get(state), jax.device_get(metrics), state
+  init = jax.jit(init, out_shardings=shardings)
+  step = jax.jit(trainer.make_train_step(model, tx, schedule, seed=0),
+                 in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, partitioning.replicated(mesh)))
+
+  def on_mesh(fn, *args):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return fn(*args)
+  return lambda: on_mesh(init, jax.random.key(0)), lambda state: on_mesh(step, state, _batch())
+
+
+def _adam_update_tolerance(params, nu, t, lr, grad_tol):
+  """Bound on |p8 - p1| after step t from one state, if the two gradients differ <= grad_tol.
+
+  Adam moves p by -lr*(u + wd*p), u = m/(s + eps) with the bias-corrected moments
+  m = mu/(1 - B1^t), s = sqrt(nu/(1 - B2^t)). A gradient change d moves m by <= c1*d and
+  s by <= c2*d, c1 = (1-B1)/(1-B1^t), c2 = sqrt((1-B2)/(1-B2^t)); as |u| <= 1.01 (Cauchy-
+  Schwarz: 1 at t = 1, 1.0004 at t = 2), u moves by <= (c1 + 1.01*c2)*d / (s - c2*d + eps).
+  Where s is within noise of 0 that exceeds 2.02 >= |u8| + |u1|: Adam's sign-like step on a
+  gradient lost in rounding is not set by the arithmetic (one such weight moved 1.1% of lr
+  apart on an AVX-512 Xeon), so those weights (~100 of 20,640 here, most with zero gradient)
+  get that cap only. Rounding adds an ulp of p and of lr*u.
+  """
+  c1, c2 = (1 - B1) / (1 - B1**t), np.sqrt((1 - B2) / (1 - B2**t))
+  s = np.sqrt(nu / (1 - B2**t))
+  moved = (c1 + 1.01 * c2) * grad_tol / (np.maximum(s - c2 * grad_tol, 0) + ADAM_EPS)
+  return lr * np.minimum(moved, 2.02) + 2 * np.spacing(np.abs(params)) + 1e-6 * lr
+
+
+def _adam_moments(state):
+  return (optax.tree_utils.tree_get(state.opt_state, "mu"),
+          optax.tree_utils.tree_get(state.opt_state, "nu"))
 
 
 def test_train_step_on_8_device_mesh_matches_one_device():
-  one, one_metrics, _ = _one_step(partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-  eight, eight_metrics, placed = _one_step(partitioning.make_mesh(2, 2, 2))
+  init_one, step_one = _train_setup(partitioning.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  init_eight, step_eight = _train_setup(partitioning.make_mesh(2, 2, 2))
+  placed = init_eight()
   kernel = placed.params["params"]["layers_0"]["mlp"]["up_proj"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  # Loss and gradient agree to float32 reduction-order noise (rtol 1e-5). Parameters get
-  # atol 1e-4 = 1% of the learning rate: Adam divides by sqrt(v), which turns that noise in
-  # near-zero gradients into update differences of up to a few 1e-5.
-  np.testing.assert_allclose(eight_metrics["loss"], one_metrics["loss"], rtol=1e-5)
-  np.testing.assert_allclose(eight_metrics["grad_norm"], one_metrics["grad_norm"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=0),
-               eight.params, one.params)
-  # The step did something: parameters moved away from their initialisation.
+  # Initialisation is elementwise, no reductions: at most an ulp apart where vector and scalar
+  # code split the shards differently (measured: bit-identical).
+  state = jax.device_get(init_one())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               jax.device_get(placed), state)
+
+  # Both meshes take each step from the same state, so they differ by that step's reduction
+  # order only; chained, Adam's steps on near-zero gradients would let the runs drift apart.
+  for t in (1, 2):
+    (one, one_metrics), (eight, eight_metrics) = [
+        jax.device_get(step(state)) for step in (step_one, step_eight)]
+    assert int(one.step) == int(eight.step) == t
+    np.testing.assert_allclose(eight_metrics["loss"], one_metrics["loss"], rtol=GRAD_RTOL)
+    np.testing.assert_allclose(eight_metrics["grad_norm"], one_metrics["grad_norm"],
+                               rtol=GRAD_RTOL)
+    # The clipped gradient each run fed Adam, read back from the first moment.
+    mu_before, _ = _adam_moments(state)
+    (mu_one, nu_one), (mu_eight, _) = _adam_moments(one), _adam_moments(eight)
+    grad = lambda mu: jax.tree.map(lambda m, m0: (m - B1 * m0) / (1 - B1), mu, mu_before)
+    grad_tol = jax.tree.map(lambda g: GRAD_RTOL * np.abs(g).max(), grad(mu_one))
+    jax.tree.map(lambda a, b, tol: np.testing.assert_allclose(a, b, rtol=0, atol=tol),
+                 grad(mu_eight), grad(mu_one), grad_tol)
+    # Parameters, to what that gradient difference allows through Adam (median 1e-4 of lr).
+    lr = float(one_metrics["learning_rate"])
+    tol = jax.tree.map(lambda p, v, d: _adam_update_tolerance(p, v, t, lr, d), one.params,
+                       nu_one, grad_tol)
+    jax.tree.map(lambda a, b, tol: np.testing.assert_array_less(np.abs(a - b), tol),
+                 eight.params, one.params, tol)
+    state = one
   assert one_metrics["grad_norm"] > 0
 
 
@@ -71,6 +132,22 @@ def test_loss_ignores_unweighted_tokens():
   per_token = -jax.nn.log_softmax(logits)[jnp.arange(2)[:, None], jnp.arange(3)[None], targets]
   expected = (per_token[0, 0] + per_token[0, 2] + per_token[1, 2]) / 3
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["num_steps", "batch_size", "inputs_length", "targets_length",
+                                  "checkpoint_every", "keep_checkpoints", "log_every"])
+def test_counts_below_one_are_refused_before_any_work(tmp_path, name):
+  args = {"num_steps": 10, name: 0}
+  with pytest.raises(UserError, match=f"train.{name}=0 must be a positive integer"):
+    trainer.train(str(tmp_path), "no_such_task", **args)
+  assert not os.listdir(tmp_path)
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_refused(tmp_path):
+  """The default mesh puts all 8 test devices on `data`: 12 rows cannot split over it."""
+  with pytest.raises(UserError, match="batch_size=12 must be a multiple of the 8 devices"):
+    trainer.train(str(tmp_path), "no_such_task", num_steps=10, batch_size=12)
+  assert not os.listdir(tmp_path)
 
 
 def _train_cmd(workdir, steps):

@@ -8,7 +8,8 @@ import pytest
 
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import checkpointing, optimizer, partitioning, trainer
+from ttc import checkpointing, partitioning
+from ttc.train import optimizer, trainer
 
 POLICY_CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4,
                             num_kv_heads=2, head_dim=8, mlp_dim=64)

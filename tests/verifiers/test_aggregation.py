@@ -53,11 +53,6 @@ def test_choose_answer_runs_under_jit_and_vmap_over_problems():
   np.testing.assert_array_equal(chosen, [1, 2])
 
 
-def test_canonical_ids_merge_equivalent_answers():
-  ids = agg.canonical_ids(["012", "12", None, "13"], canonical=int)
-  assert ids.tolist() == [0, 0, agg.NO_ANSWER, 1]
-
-
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5, 1.5])
 def test_nan_inf_and_out_of_range_scores_are_rejected_with_their_location(bad):
   scores = STEPS.copy()

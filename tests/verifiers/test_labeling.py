@@ -10,6 +10,7 @@ straight run's.
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 import seqio
 
-from ttc.data import arith, tasks, vocab
+from ttc import workdir as workdir_lib
+from ttc.data import arith, arith_task, vocab
 from ttc.decoding import sampling
 from ttc.errors import UserError
 from ttc.verifiers import labeling
@@ -61,8 +63,24 @@ def policy_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def task():
-  return tasks.register_arith_task(TASK, num_train_per_level=50, num_eval_per_level=5,
-                                   levels=LEVELS)
+  return arith_task.register_arith_task(TASK, num_train_per_level=50, num_eval_per_level=5,
+                                        levels=LEVELS)
+
+
+class NoStepChecker(arith_task.ArithTask):
+  """The arithmetic task as a task without a ground-truth step checker (as MATH is)."""
+
+  @property
+  def has_step_checker(self):
+    return False
+
+  def step_correctness(self, problem, text):
+    raise AssertionError("a stage asked a task without a step checker for step labels")
+
+
+def no_step_checker_task(name="test_no_step_checker"):
+  return NoStepChecker(name=name, num_train_per_level=50, num_eval_per_level=5,
+                       levels=tuple(arith.LevelSpec(*level) for level in LEVELS))
 
 
 # ----------------------------------------------------------------------------- step ends
@@ -77,13 +95,35 @@ def task():
     ("\n\n", []),
 ])
 def test_step_end_offsets(text, ends):
-  assert labeling.step_end_offsets(text) == ends
+  task = arith_task.ArithTask()
+  assert task.step_end_offsets(text) == ends
+  # Character vocabulary: token indices are character indices.
+  assert labeling.step_end_tokens(task, workdir_lib.char_codec(), text) == ends
   assert len(ends) == len(arith.split_steps(text))
   tokens = vocab.CharVocabulary().encode(text) + [vocab.EOS_ID]
   newline = vocab.CharVocabulary().encode("\n")[0]
   for end, step in zip(ends, arith.split_steps(text)):
     assert tokens[end] in (newline, vocab.EOS_ID)
     assert text[:end].endswith(step)
+
+
+@pytest.mark.parametrize("text, ends", [
+    ("12+30=42|42\n\\boxed{42}", [6, 11]),  # the last step ends on the EOS
+    ("12+30=42|42\n\\boxed{42}\n", [6, 10]),  # "}\n" is one token, before the EOS
+])
+def test_step_end_tokens_of_a_bpe_like_codec(text, ends):
+  """Numbers with a newline after them, `\\boxed` and "}\\n" are one token each: a step
+  ends on the token that holds its delimiter."""
+  def pieces(t):
+    return re.findall(r"\d+\n?|\\boxed|\}\n?|.", t, re.DOTALL)
+
+  ids = {}
+  codec = workdir_lib.Codec(encode_prompt=None, decode=None, eos_id=1,
+                        encode=lambda t: [ids.setdefault(p, len(ids)) for p in pieces(t)])
+  assert labeling.step_end_tokens(arith_task.ArithTask(), codec, text) == ends
+  tokens = pieces(text) + ["<eos>"]
+  assert len(tokens) == 12
+  assert [tokens[e] for e in ends] == ["42\n", "}\n" if text.endswith("\n") else "<eos>"]
 
 
 # ----------------------------------------------------------------------------- a fake policy
@@ -117,7 +157,7 @@ class FakePolicy:
     char_vocab = vocab.CharVocabulary()
     rows = []
     for i, prompt in enumerate(prompts):
-      assert prompt[0] == tasks.DECODER_START_ID
+      assert prompt[0] == vocab.DECODER_START_ID
       question, _, prefix = char_vocab.decode(prompt[1:]).partition("\n")
       assert prefix == "" or prefix.endswith("\n"), "a prefix includes its delimiter"
       order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, i), num_samples))
@@ -158,15 +198,17 @@ class FakePolicy:
 def fake(monkeypatch):
   policy = FakePolicy()
   monkeypatch.setattr(sampling, "sample_prompts", policy)
-  monkeypatch.setattr(labeling, "load_policy", lambda workdir, mesh, rules: (None, None, 7))
+  # A char-vocabulary policy at training step 7 whose sampling is the fake's.
+  monkeypatch.setattr(workdir_lib, "load_policy", lambda source, devices, workdir="": workdir_lib.Policy(
+      None, None, workdir_lib.char_codec(), source, "workdir", 7))
   return policy
 
 
-def _fake_run(workdir, **overrides):
-  kwargs = dict(task_name=TASK, split="train", num_questions=10, num_solutions=5,
+def _fake_run(path, **overrides):
+  kwargs = dict(task=TASK, split="train", num_questions=10, num_solutions=5,
                 num_rollouts=4, max_new_tokens=40, batch_size=8, questions_per_chunk=4)
   kwargs.update(overrides)
-  return labeling.label_prm(str(workdir), **kwargs)
+  return labeling.label_prm(str(path), **kwargs)
 
 
 def _lines(path):
@@ -186,12 +228,12 @@ def _levels_in_turn(problems):
 
 def test_labels_equal_the_hand_worked_rollout_outcomes(tmp_path, task, fake):
   summary = _fake_run(tmp_path)
-  problems = _levels_in_turn(tasks.problems_for(task, "train"))[:10]
+  problems = _levels_in_turn(task.arith_problems("train"))[:10]
   assert len({p.level for p in problems}) > 1  # a prefix of the split spans its levels
   records = labeling.read_labels(os.path.join(tmp_path, "prm_labels.jsonl"))
   assert [r["uid"] for r in records] == [p.uid for p in problems]
   for problem, record in zip(problems, records):
-    assert record["num_sampled"] == 5 and record["answer"] == problem.answer
+    assert record["num_sampled"] == 5 and record["answer"] == str(problem.answer)
     assert record["prompt"] == problem.prompt and record["level"] == problem.level
     # Kinds 3 (no EOS, though boxed right) and 4 (no \boxed) are dropped; 0, 1, 2 kept.
     steps = list(problem.steps)
@@ -206,7 +248,8 @@ def test_labels_equal_the_hand_worked_rollout_outcomes(tmp_path, task, fake):
       assert sample["correct"] == (sample["text"] == problem.solution)
       assert sample["true"] == true
       assert sample["hard"] == [s > 0 for s in sample["soft"]]
-      assert sample["step_ends"] == labeling.step_end_offsets(sample["text"])
+      # Character vocabulary: token indices of the step ends are character indices.
+      assert sample["step_ends"] == task.step_end_offsets(sample["text"])
   # Kinds 0 and 2 share their step prefixes, which are rolled out once: level + 1 prefixes.
   assert summary["rollouts_this_run"] == sum(p.level + 1 for p in problems) * 4
   assert summary["solutions_sampled"] == 50 and summary["solutions_kept"] == 30
@@ -245,13 +288,47 @@ def test_a_corrupt_line_before_the_last_is_an_error(tmp_path, task, fake):
     _fake_run(tmp_path, num_questions=4)
 
 
-def test_resuming_with_other_settings_is_an_error(tmp_path, task, fake):
+def test_resuming_with_other_settings_is_an_error(tmp_path, task, fake, monkeypatch):
   _fake_run(tmp_path, num_questions=4)
+  settings = json.loads((tmp_path / "prm_labels.settings.json").read_text())
+  assert settings["task"] == TASK and settings["policy"] == ""  # "": the work dir's own
+  assert settings["policy_kind"] == "workdir" and settings["policy_step"] == 7
   with pytest.raises(UserError, match=r"num_rollouts 4 -> 8"):
     _fake_run(tmp_path, num_questions=4, num_rollouts=8)
+  with pytest.raises(UserError, match=r"task 'test_labeling_arith' -> 'test_no_step_checker'"):
+    _fake_run(tmp_path, num_questions=4, task=no_step_checker_task())
   # Labelling more questions with the same settings extends the file.
   _fake_run(tmp_path, num_questions=6)
   assert len(_lines(tmp_path / "prm_labels.jsonl")) == 6
+  # A policy trained further is another policy.
+  monkeypatch.setattr(workdir_lib, "load_policy", lambda source, devices, workdir="": workdir_lib.Policy(
+      None, None, workdir_lib.char_codec(), source, "workdir", 8))
+  with pytest.raises(UserError, match=r"policy_step 7 -> 8"):
+    _fake_run(tmp_path, num_questions=8)
+
+
+def test_a_task_without_step_checker_labels_true_as_null(tmp_path, task, fake):
+  """Everything but `true` is as with the checker; `true` is null, -1 per step in seqio."""
+  _fake_run(tmp_path / "checked", num_questions=4)
+  _fake_run(tmp_path / "unchecked", num_questions=4, task=no_step_checker_task())
+  checked = labeling.read_labels(str(tmp_path / "checked" / "prm_labels.jsonl"))
+  unchecked = labeling.read_labels(str(tmp_path / "unchecked" / "prm_labels.jsonl"))
+  samples = [s for r in unchecked for s in r["samples"]]
+  assert samples and all(s["true"] is None for s in samples)
+  for record in checked:
+    for sample in record["samples"]:
+      assert isinstance(sample.pop("true"), list)
+  for record in unchecked:
+    for sample in record["samples"]:
+      sample.pop("true")
+  assert unchecked == checked
+  name = labeling.register_prm_labels_task(
+      "test_prm_labels_unchecked", str(tmp_path / "unchecked" / "prm_labels.jsonl"),
+      validation_percent=0)
+  examples = list(seqio.get_mixture_or_task(name).get_dataset(
+      sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
+  assert len(examples) == len(samples)
+  assert all(ex["true"].tolist() == [-1] * len(ex["soft"]) for ex in examples)
 
 
 # ----------------------------------------------------------------------------- read_labels
@@ -287,10 +364,25 @@ def _rewrite_first_sample(path, edit):
     (lambda s: s["soft"].__setitem__(0, math.nan), "not a finite number in"),
     (lambda s: s.pop("true"), "key 'true'"),
     (lambda s: s["hard"].__setitem__(0, 1), "booleans"),
+    (lambda s: s.update(step_ends=s["step_ends"][::-1]), "not increasing token indices"),
+    (lambda s: s.update(true=[]), "label lengths"),
 ])
 def test_read_labels_rejects_inconsistent_samples(labels_file, edit, message):
   _rewrite_first_sample(labels_file, edit)
   with pytest.raises(UserError, match=message + r".*rerun label_prm"):
+    labeling.read_labels(str(labels_file))
+
+
+def test_read_labels_reads_integer_answers_of_older_files(labels_file):
+  lines = _lines(labels_file)
+  for record in lines:
+    record["answer"] = int(record["answer"])
+  labels_file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  assert [r["answer"] for r in labeling.read_labels(str(labels_file))] == [
+      r["answer"] for r in lines]
+  lines[0]["answer"] = True
+  labels_file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  with pytest.raises(UserError, match=r"line 1: missing or non-str key 'answer'"):
     labeling.read_labels(str(labels_file))
 
 
@@ -360,11 +452,11 @@ def test_split_of_uid_is_stable_and_proportional():
 def test_real_policy_labels_are_consistent(policy_dir, task, tmp_path):
   workdir = tmp_path / "work"
   shutil.copytree(policy_dir, workdir)
-  summary = labeling.label_prm(str(workdir), task_name=task, split="test", num_solutions=4,
+  summary = labeling.label_prm(str(workdir), task=task, split="test", num_solutions=4,
                                num_rollouts=4, max_new_tokens=40, batch_size=16,
                                questions_per_chunk=4)
   records = labeling.read_labels(str(workdir / "prm_labels.jsonl"))
-  problems = _levels_in_turn(tasks.problems_for(task, "test"))
+  problems = _levels_in_turn(task.arith_problems("test"))
   assert [r["uid"] for r in records] == [p.uid for p in problems]
   samples = [s for r in records for s in r["samples"]]
   assert summary["solutions_kept"] == len(samples) > 0
@@ -372,7 +464,7 @@ def test_real_policy_labels_are_consistent(policy_dir, task, tmp_path):
   for record in records:
     for s in record["samples"]:
       assert arith.extract_answer(s["text"]) is not None
-      assert s["correct"] == arith.grade(s["text"], record["answer"])
+      assert s["correct"] == arith.grade(s["text"], int(record["answer"]))
       assert s["soft"][-1] == float(s["correct"])
       assert all(x * 4 == round(x * 4) for x in s["soft"])
       assert s["hard"] == [x > 0 for x in s["soft"]]
@@ -384,7 +476,7 @@ def test_real_policy_labels_are_consistent(policy_dir, task, tmp_path):
 
 
 def test_kill_9_mid_write_then_rerun_equals_a_straight_run(policy_dir, tmp_path):
-  label = ["--gin.run.stages=[@label_prm]", "--gin.label_prm.task_name=%TASK",
+  label = ["--gin.run.stages=[@label_prm]", "--gin.label_prm.task=%TASK",
            "--gin.label_prm.split='test'", "--gin.label_prm.num_questions=4",
            "--gin.label_prm.num_solutions=4", "--gin.label_prm.num_rollouts=4",
            "--gin.label_prm.max_new_tokens=40", "--gin.label_prm.questions_per_chunk=2",

@@ -8,7 +8,7 @@ import pytest
 from ttc.decoding import sampling
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 from ttc.verifiers import reward_model, scoring
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -12,25 +12,29 @@ import jax
 import numpy as np
 import pytest
 
-from ttc.data import arith, tasks, vocab
+from ttc import partitioning, workdir as workdir_lib
+from ttc.data import arith, arith_task, vocab
 from ttc.errors import UserError
-from ttc.train import partitioning
-from ttc.verifiers import labeling, reward_model, scoring, training
+from ttc.train import reward_training as training
+from ttc.verifiers import labeling, reward_model, scoring
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK = "rm_training_test"
 
 
 def _problems():
-  tasks.register_arith_task(name=TASK, num_train_per_level=40, num_eval_per_level=1,
-                            levels=[(2, 9), (3, 9)], max_value=99, seed=0)
-  return tasks.problems_for(TASK, "train")
+  task = arith_task.register_arith_task(name=TASK, num_train_per_level=40,
+                                        num_eval_per_level=1, levels=[(2, 9), (3, 9)],
+                                        max_value=99, seed=0)
+  return task.arith_problems("train")
 
 
 def _sample(problem, text, correct, soft):
   truth = arith.step_correctness(problem.question, text)
   return {"text": text, "correct": correct, "soft": soft, "hard": [s > 0 for s in soft],
-          "true": truth, "step_ends": labeling.step_end_offsets(text)}
+          "true": truth,
+          "step_ends": labeling.step_end_tokens(arith_task.ArithTask(), workdir_lib.char_codec(),
+                                                text)}
 
 
 def write_labels(path):
@@ -43,7 +47,7 @@ def write_labels(path):
     n = len(arith.split_steps(good))
     samples = [_sample(p, good, True, [1.0] * n), _sample(p, bad, False, [0.0] * n)]
     lines.append(json.dumps({"uid": p.uid, "question": p.question, "prompt": p.prompt,
-                             "answer": p.answer, "level": p.level, "num_sampled": 2,
+                             "answer": str(p.answer), "level": p.level, "num_sampled": 2,
                              "samples": samples}))
   path.write_text("\n".join(lines) + "\n")
 
@@ -111,11 +115,19 @@ def test_missing_labels_file_is_one_clear_error(policy_workdir):
     training.train_prm(str(policy_workdir), training=_settings())
 
 
+def test_labels_of_a_policy_with_its_own_tokenizer_are_refused(policy_workdir):
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  (policy_workdir / "prm_labels.settings.json").write_text(json.dumps(
+      {"task": "math", "policy": "smollm2", "policy_kind": "gguf", "policy_step": None}))
+  with pytest.raises(UserError, match=r"'smollm2' \(gguf\).*label_prm.policy = ''"):
+    training.train_prm(str(policy_workdir), training=_settings())
+
+
 def _train_script(workdir):
   return (
       "import sys; sys.path.insert(0, %r)\n"
       "from tests.verifiers.test_training import _settings\n"
-      "from ttc.verifiers import training\n"
+      "from ttc.train import reward_training as training\n"
       "training.train_prm(%r, training=_settings(num_steps=60, eval_every=5, patience=100))\n"
       % (REPO, str(workdir)))
 

@@ -2,6 +2,7 @@
 
     python -m ttc.bench.search [--workdir=runs/verif] [--budgets=16,64]
         [--methods=best_of_n,beam_m4,beam_sqrt,lookahead_k1,dvts_m4] [--rows=1024] [--repeats=3]
+        [--task=%TASK] [--policy=]
 
 For each budget N it runs one batch of `rows // N` test problems (levels mixed,
 grouped as the sweep groups them) through each method's compiled search program,
@@ -10,22 +11,30 @@ and prints the median device seconds per generated token and its ratio to
 best-of-N's, plus PRM tokens run per generated token. Beam search pays for
 stepping in lockstep: every round waits for the longest step of the batch.
 Needs a work dir with a trained policy and PRM (configs/arith/verifiers_quick.gin).
+The task is built by gin from the work dir's `config.gin`: `--task` is a gin value
+(`%TASK`, the task the work dir was run with; or a registered name such as
+"'arith_sft'"). `--policy`: another checkpoint to search with (a path or smollm2).
 """
 
 import argparse
 import os
 
-import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttc import workdir as workdir_lib
+from ttc.data import task as task_lib
 from ttc.decoding import samplers
-from ttc.evaluate import load_policy, select_problems
 from ttc.search import methods, sweep
 from ttc.search.callbacks import PrmCallbacks
-from ttc.train import partitioning
-from ttc.verifiers import reward_model
+
+
+@gin.configurable
+def bench_task(task=gin.REQUIRED):
+  """The task a gin value names (a binding target for `--task`)."""
+  return task_lib.get(task)
 
 
 def main():
@@ -35,26 +44,28 @@ def main():
   parser.add_argument("--methods", default="best_of_n,beam_m4,beam_sqrt,lookahead_k1,dvts_m4")
   parser.add_argument("--rows", type=int, default=1024, help="search rows per batch")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--task", default="%TASK", help="a gin value naming the task")
+  parser.add_argument("--policy", default="", help="checkpoint ('' = the work dir's)")
   args = parser.parse_args()
   if not os.path.exists(os.path.join(args.workdir, "prm", "model_config.json")):
     raise SystemExit(f"error: no trained PRM in {args.workdir}/prm; run "
                      "configs/arith/verifiers_quick.gin first")
   from ttc import main as driver
-  from ttc.data import tasks
   driver._import_configurables()
-  # The work dir's own config binds the task it was trained on; register it.
-  driver.parse_config([os.path.join(args.workdir, "config.gin")], [], [])
-  task = tasks.register_arith_task()
+  # The work dir's own config binds the task it was run with (and the mesh).
+  driver.parse_config([os.path.join(args.workdir, "config.gin")],
+                      [f"bench_task.task = {args.task}"], [])
+  task = bench_task()
 
   names = args.methods.split(",")
-  mesh, rules = partitioning.make_mesh(), partitioning.logical_axis_rules()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    policy_model, policy_params, _ = load_policy(args.workdir, mesh, rules)
-    prm_model, prm_params = reward_model.load(os.path.join(args.workdir, "prm"), mesh, rules)
-    programs = sweep.SearchPrograms(sweep.task_policy(policy_model), PrmCallbacks(prm_model),
-                                    policy_params, prm_params)
+  with workdir_lib.device_context() as devices:
+    loaded = workdir_lib.load_policy(args.policy, devices, args.workdir)
+    prm_model, prm_params = workdir_lib.load_reward_model(os.path.join(args.workdir, "prm"),
+                                                          devices)
+    programs = sweep.SearchPrograms(sweep.task_policy(task, loaded), PrmCallbacks(prm_model),
+                                    loaded.params, prm_params)
     sampler = samplers.Temperature(jnp.float32(1.0))
-    all_problems = select_problems(task, "test")
+    all_problems = task.problems("test")
     print(f"{'N':>5} {'method':<14}{'problems':>9}{'tokens':>9}{'device s':>10}"
           f"{'us/token':>10}{'vs best_of_n':>14}{'PRM/gen':>9}")
     for budget in map(int, args.budgets.split(",")):
@@ -68,7 +79,8 @@ def main():
           # Levels in turn, then grouped, as a sweep batch of mixed levels would be.
           problems = sorted(all_problems[::max(1, len(all_problems) // count)][:count],
                             key=lambda p: p.level)
-          rows = sweep.run_batch(programs, config, problems, jax.random.key(repeat), sampler)
+          rows = sweep.run_batch(programs, config, task, loaded.codec, problems,
+                                 jax.random.key(repeat), sampler)
           generated = sum(r["tokens_generated"] for r in rows)
           if repeat:  # each repeat samples anew: pair its time with its own tokens
             times[name].append((sum(r["wall_s"] for r in rows), generated))

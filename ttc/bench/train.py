@@ -17,7 +17,8 @@ import numpy as np
 from ttc.bench.common import REPO_ROOT, matmul_peak_flops, time_call
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import optimizer, partitioning, trainer
+from ttc import partitioning
+from ttc.train import optimizer, trainer
 
 
 def main():

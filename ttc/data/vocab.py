@@ -87,3 +87,23 @@ class CharVocabulary(seqio.Vocabulary):
 
   def __hash__(self) -> int:
     return hash((CharVocabulary, self._alphabet))
+
+
+# seqio's decoder-only feature converters shift targets right and put id 0 first, so
+# the model was trained to read every example after a leading 0; generation must too.
+DECODER_START_ID = 0
+
+
+def encode_prompt(prompt: str) -> list:
+  """Token ids to feed a character-vocabulary policy for `prompt`, as training presented it."""
+  return [DECODER_START_ID] + CharVocabulary().encode(prompt)
+
+
+def output_features(vocabulary=None) -> dict:
+  """seqio features of an SFT task: `inputs` is the prompt (no EOS: generation continues
+  it); `targets` ends in EOS. `vocabulary`: default the character vocabulary."""
+  vocabulary = vocabulary or CharVocabulary()
+  return {
+      "inputs": seqio.Feature(vocabulary, add_eos=False),
+      "targets": seqio.Feature(vocabulary, add_eos=True),
+  }

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 _PLAIN_ROPE = (None, "default")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import partitioning
+from ttc import partitioning
 
 
 def quantize_int8(w, reduce_axes: tuple[int, ...]):

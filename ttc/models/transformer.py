@@ -1,7 +1,7 @@
 """Decoder-only transformer of the Llama family: RMSNorm, RoPE, GQA, SwiGLU.
 
 One module serves Llama, Qwen2 (qkv bias) and SmolLM2 (tied embeddings). Every
-parameter and activation carries logical axis names; `ttc.train.partitioning`
+parameter and activation carries logical axis names; `ttc.partitioning`
 maps them onto the device mesh, so no mesh axis name appears here.
 
 Shape suffixes: B batch, T new tokens, S cache slots (keys), D embed, H query

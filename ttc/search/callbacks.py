@@ -1,11 +1,13 @@
-"""How search reaches the models: two small callback objects, policy and PRM.
+"""How search reaches the models: two small callback objects, policy and verifier.
 
 Search programs (`ttc.search.tree_search`) never call a model directly. They hold
-an opaque per-row state for each model and move it with three verbs, so a test can
-swap in a stub whose best path is known by construction:
+an opaque per-row state for each model and move it with a few verbs, the two
+`typing.Protocol`s below, so a test can swap in a stub whose best path is known by
+construction (tests/search/stubs.py) and the oracle (`ttc.search.oracle`) can stand
+in for the PRM:
 
   policy.prepare(params, num_rows) -> params   # once per search, before the loops
-  policy.start(params, prompts_QxP, lengths_Q, num_rows, num_slots) -> state
+  policy.start(params, prompts_QxP, lengths_Q, num_rows, num_slots, max_tokens) -> state
   policy.step(params, state, rng, sampler, max_step_tokens, until_delimiter)
       -> (Samples of the step, state)          # rows that finished generate nothing
   policy.finished(state) -> [B] bool;  policy.finish(state, rows_B) -> state
@@ -14,16 +16,88 @@ swap in a stub whose best path is known by construction:
   prm.overflowed(state) -> [] bool (some step did not fit in the PRM's slots)
   {policy, prm}.take_rows(state, parent_QxN) -> state
 
+Shapes: Q problems, N rows each, B = Q * N rows (prompt-major), P prompt width,
+G = max_step_tokens.
+
 Callbacks are frozen dataclasses: hashable, so they are static arguments of the
 jitted search and a new instance with equal fields reuses the compiled program.
 """
 
 import dataclasses
+from typing import Any, Protocol, runtime_checkable
 
-from ttc.decoding import sampling, steps
+import jax
+import jax.numpy as jnp
+
+from ttc.decoding import samplers, sampling, steps
 from ttc.models.transformer import Transformer
 from ttc.verifiers import scoring
 from ttc.verifiers.reward_model import RewardModel
+
+
+@runtime_checkable
+class SearchPolicy(Protocol):
+  """The policy as search sees it; state is the callback's own pytree of [B, ...] rows.
+
+  Implementations must be hashable (they are static arguments of the jitted search).
+  """
+
+  def prepare(self, params, num_rows: int) -> Any:
+    """params as `step` wants them for B = num_rows rows (e.g. packed once); called once."""
+
+  def start(self, params, prompts_QxP: jax.Array, lengths_Q: jax.Array, num_rows: int,
+            num_slots: int, max_tokens: int) -> Any:
+    """The state of Q left-padded int32 prompts, N = num_rows rows each; no row finished.
+
+    max_tokens: the most tokens a row generates in all (its own cap: a step never
+    takes it past, and a row that reaches it is finished). num_slots: cache slots per
+    row (>= max_tokens; rows write in lockstep, so steps need room on top).
+    """
+
+  def step(self, params, state, rng: jax.Array, sampler: samplers.Sampler,
+           max_step_tokens: int, until_delimiter: bool) -> tuple[sampling.Samples, Any]:
+    """Every unfinished row generates one step (up to a step delimiter; without
+    `until_delimiter`, up to the end of its solution), at most max_step_tokens = G
+    tokens and never past its `max_tokens`.
+
+    Returns (Samples with tokens_BxG / lengths_B, length 0 for finished rows, and
+    stop_reason_B == StopReason.EOS where a solution ended), and the new state.
+    """
+
+  def finished(self, state) -> jax.Array:
+    """[B] bool rows that generate no more (solution ended, reached max_tokens, or
+    `finish`ed)."""
+
+  def finish(self, state, rows_B: jax.Array) -> Any:
+    """The state with the [B] bool `rows_B` marked finished too."""
+
+  def take_rows(self, state, parent_QxN: jax.Array) -> Any:
+    """Row (q, n) of the result is row (q, parent_QxN[q, n]) of `state` (int32 [Q, N])."""
+
+
+@runtime_checkable
+class SearchVerifier(Protocol):
+  """The process verifier (a PRM, or the ground-truth oracle) as search sees it.
+
+  Implementations must be hashable (they are static arguments of the jitted search).
+  """
+
+  def start(self, params, prompts_QxP: jax.Array, lengths_Q: jax.Array, num_rows: int,
+            num_slots: int) -> Any:
+    """The state of Q left-padded int32 prompts, N = num_rows rows each, room for
+    num_slots scored tokens per row."""
+
+  def score(self, params, state, tokens_BxG: jax.Array,
+            lengths_B: jax.Array) -> tuple[jax.Array, Any]:
+    """Appends each row's new step (its first lengths_B of tokens_BxG; 0 = no step) and
+    returns ([B] float32 score of the row's latest step, in [0, 1], the new state).
+    Rows without a new step may return anything: search keeps their old score."""
+
+  def overflowed(self, state) -> jax.Array:
+    """[] bool some step did not fit in the verifier's slots (its scores are unreliable)."""
+
+  def take_rows(self, state, parent_QxN: jax.Array) -> Any:
+    """Row (q, n) of the result is row (q, parent_QxN[q, n]) of `state` (int32 [Q, N])."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,27 +106,42 @@ class PolicyCallbacks:
 
   step_ids: token ids that end a reasoning step (the delimiter, e.g. "\\n").
   eos_id: ends a solution.
+  stop_ids: other ids that end a solution too (a chat template's end of turn, e.g.
+    `<|im_end|>`): a row that emits one is finished and its stop reason is EOS.
   """
 
   model: Transformer
   step_ids: tuple[int, ...]
   eos_id: int
   pad_id: int = 0
+  stop_ids: tuple[int, ...] = ()
 
   def prepare(self, params, num_rows: int):
     """Weights packed once for the CPU kernels where B = num_rows rows use them."""
     return sampling.with_packed_weights(self.model, params, num_rows)
 
-  def start(self, params, prompts_QxP, lengths_Q, num_rows: int, num_slots: int):
+  def start(self, params, prompts_QxP, lengths_Q, num_rows: int, num_slots: int,
+            max_tokens: int):
     return steps.start(self.model, params, prompts_QxP, lengths_Q, num_rows=num_rows,
-                       max_tokens=num_slots)
+                       max_tokens=max_tokens, num_slots=num_slots)
 
   def step(self, params, state, rng, sampler, max_step_tokens: int, until_delimiter: bool):
     """One step per unfinished row (or, without `until_delimiter`, up to EOS or the cap)."""
-    return steps.continue_until_step(
+    # `steps` knows one EOS id; other solution ends stop the step like a delimiter,
+    # then are told apart by the step's last token.
+    out, state = steps.continue_until_step(
         self.model, params, state, rng, sampler, max_step_tokens=max_step_tokens,
-        step_ids=self.step_ids if until_delimiter else (), eos_id=self.eos_id,
-        pad_id=self.pad_id)
+        step_ids=(self.step_ids if until_delimiter else ()) + self.stop_ids,
+        eos_id=self.eos_id, pad_id=self.pad_id)
+    if not self.stop_ids:
+      return out, state
+    last_B = jnp.take_along_axis(out.tokens_BxG, jnp.maximum(out.lengths_B - 1, 0)[:, None],
+                                 axis=1)[:, 0]
+    ended_B = ((out.stop_reason_B == sampling.StopReason.STOP_TOKEN)
+               & jnp.isin(last_B, jnp.asarray(self.stop_ids, jnp.int32)))
+    out = out.replace(stop_reason_B=jnp.where(ended_B, sampling.StopReason.EOS,
+                                              out.stop_reason_B).astype(jnp.int32))
+    return out, state.replace(finished_B=state.finished_B | ended_B)
 
   def finished(self, state):
     return state.finished_B
@@ -88,4 +177,3 @@ class PrmCallbacks:
 
   def overflowed(self, state):
     return state.overflowed
-

@@ -13,6 +13,7 @@ A method is named in gin (`search_sweep.methods`) by a string:
 M is capped at N (a budget of 2 cannot expand 4 ways).
 """
 
+import dataclasses
 import math
 import re
 
@@ -48,11 +49,13 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
                 prm_slots: int = 0, prm_chunk: int = 8) -> SearchConfig:
   """The `SearchConfig` of method `name` at a budget of `budget` generations.
 
-  num_slots: policy cache slots per row; 0 = the solution length, plus one step
-    per round of rollout and one for the round's own step in step-by-step search
-    (rows write in lockstep and are packed between rounds: `KVCache.take_rows`).
-  prm_slots: 0 = num_slots plus one `prm_chunk` per step in flight (the PRM scores
-    in chunks, rounding each step up).
+  num_slots: policy cache slots per row; 0 = `SearchConfig.policy_slots_needed`:
+    the solution cap, plus in step-by-step search one step for the round's own
+    step and one per rollout step (rows write in lockstep at a shared slot and are
+    packed between rounds, `KVCache.take_rows`). Fewer are refused, since the
+    shared slot would then cut one problem's rows because of another's.
+  prm_slots: 0 = `SearchConfig.prm_slots_needed(prm_chunk)`: the same, with each
+    step rounded up to whole `prm_chunk`s (the PRM scores in chunks).
   """
   kind, args = parse(name)
   if budget < 1:
@@ -81,12 +84,11 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
   if expand < 1:
     raise ValueError(f"{name}: the beam width must be >= 1")
   whole = kind == "best_of_n"
-  if not num_slots:
-    num_slots = max_solution_tokens + (0 if whole else (lookahead + 1) * max_step_tokens)
-  if not prm_slots:
-    prm_slots = num_slots + (lookahead + 1) * prm_chunk
-  return SearchConfig(
+  config = SearchConfig(
       num_rows=rows, group_size=group, expand=expand, lookahead_steps=lookahead,
       step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,
       max_solution_tokens=max_solution_tokens, max_rounds=max_rounds, num_slots=num_slots,
       prm_slots=prm_slots)
+  if not prm_slots:
+    config = dataclasses.replace(config, prm_slots=config.prm_slots_needed(prm_chunk))
+  return config

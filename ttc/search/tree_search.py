@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 
 from ttc.decoding import samplers, sampling, steps
-from ttc.search import selection
+from ttc.search import callbacks, selection
 
 PAPER_MAX_ROUNDS = 40
+PRM_CHUNK = 8  # tokens per PRM call that default PRM slots are sized for (PrmCallbacks.chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +53,18 @@ class SearchConfig:
   step_by_step: False generates each solution in one go (best-of-N); True stops at
     the step delimiter so the PRM can steer between steps.
   max_step_tokens: tokens one step may take (a longer step continues next round).
-  max_solution_tokens: a row that reaches this many tokens stops (unfinished).
+  max_solution_tokens: each row's own hard cap: a step never takes a row past it,
+    and a row that reaches it stops (unfinished).
   max_rounds: rounds of generate-score-select (the paper: 40).
-  num_slots / prm_slots: KV-cache slots per row of the policy / the PRM. Rows write
-    in lockstep (a round takes the longest row's step length) and are packed again
-    after each round (`KVCache.take_rows`), so about one solution plus one step per
-    round of lookahead is enough. Rows that run out of slots stop unfinished; PRM
-    overflow is flagged.
+  num_slots / prm_slots: KV-cache slots per row of the policy / the PRM; 0 (the
+    default) = `policy_slots_needed` / `prm_slots_needed(PRM_CHUNK)`; fewer policy
+    slots are refused, and PRM slots too few for any chunk. Rows of all problems
+    write in lockstep at one shared slot (a step advances it by the longest row's
+    step) and are packed again after each round (`KVCache.take_rows`: the shared
+    slot drops to the longest row, at most max_solution_tokens). With that many
+    slots the shared slot never cuts a row that has budget of its own left, so a
+    problem's rows do not depend on the other problems of the batch. PRM overflow
+    (a PRM chunk larger than the slots were sized for) is flagged.
   """
 
   num_rows: int
@@ -69,8 +75,8 @@ class SearchConfig:
   max_step_tokens: int = 32
   max_solution_tokens: int = 144
   max_rounds: int = PAPER_MAX_ROUNDS
-  num_slots: int = 176
-  prm_slots: int = 184
+  num_slots: int = 0
+  prm_slots: int = 0
 
   def __post_init__(self):
     if self.num_rows < 1 or self.num_rows % self.group_size:
@@ -80,6 +86,47 @@ class SearchConfig:
       raise ValueError(f"expand={self.expand} must lie in [1, group_size={self.group_size}]")
     if self.lookahead_steps < 0 or self.max_rounds < 1 or self.max_step_tokens < 1:
       raise ValueError(f"bad search settings {self}")
+    # Frozen: the sizes are filled in once, here.
+    object.__setattr__(self, "num_slots", self.num_slots or self.policy_slots_needed)
+    object.__setattr__(self, "prm_slots", self.prm_slots or self.prm_slots_needed(PRM_CHUNK))
+    if self.num_slots < self.policy_slots_needed:
+      raise ValueError(f"num_slots={self.num_slots} is below the {self.policy_slots_needed} "
+                       "slots that keep problems independent (see SearchConfig); raise it")
+    if self.prm_slots < self.prm_slots_needed(chunk=1):  # a PRM chunk only adds to it
+      raise ValueError(f"prm_slots={self.prm_slots} is below the {self.prm_slots_needed(1)} "
+                       "slots a solution and its steps take (see SearchConfig); raise it")
+
+  @property
+  def steps_between_packs(self) -> int:
+    """Policy steps that write to the cache between two packings: the round's own
+    step, plus the lookahead rollout's k when there is selection to value."""
+    return 1 + (self.lookahead_steps if self.step_by_step and self.expand > 1 else 0)
+
+  @property
+  def policy_slots_needed(self) -> int:
+    """Policy slots per row such that the shared write slot never binds.
+
+    Step by step: rows are packed after every round, so before the round's step the
+    shared slot is at most the longest row, max_solution_tokens; each of the
+    `steps_between_packs` steps then advances it by at most one step. Whole
+    solutions (no delimiter, no packing): every unfinished row takes its full
+    budget each step, so those rows stay in lockstep and the slot is their length.
+    """
+    if not self.step_by_step:
+      return self.max_solution_tokens
+    step = min(self.max_step_tokens, self.max_solution_tokens)
+    return self.max_solution_tokens + self.steps_between_packs * step
+
+  def prm_slots_needed(self, chunk: int) -> int:
+    """PRM slots per row such that no step overflows, for a PRM that writes each step
+    in whole `chunk`s (`scoring.score_step`): as for the policy, with every step
+    rounded up to chunks; whole solutions are not packed between rounds, so there
+    every round's chunks add up."""
+    step = min(self.max_step_tokens, self.max_solution_tokens)
+    chunked_step = -(-step // chunk) * chunk
+    if not self.step_by_step:
+      return -(-self.max_solution_tokens // step) * chunked_step
+    return self.max_solution_tokens + self.steps_between_packs * chunked_step
 
   @property
   def generations(self) -> int:
@@ -221,11 +268,13 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "prm", "config"))
-def search(policy, prm, policy_params, prm_params, prompts_QxP, lengths_Q, live_Q, rng,
-           sampler: samplers.Sampler, config: SearchConfig) -> SearchResult:
+def search(policy: callbacks.SearchPolicy, prm: callbacks.SearchVerifier, policy_params,
+           prm_params, prompts_QxP, lengths_Q, live_Q, rng, sampler: samplers.Sampler,
+           config: SearchConfig) -> SearchResult:
   """Runs one search over Q left-padded prompts; see the module docstring.
 
-  policy / prm: callbacks (`ttc.search.callbacks`); static, hashable.
+  policy / prm: callbacks filling `callbacks.SearchPolicy` / `SearchVerifier`; static,
+    hashable.
   prompts_QxP, lengths_Q: int32 left-padded prompts and their lengths.
   live_Q: bool; False rows are batch padding: they generate and score nothing.
   rng: sampling key; round r samples with fold_in(rng, r), whatever k is, so a
@@ -236,7 +285,8 @@ def search(policy, prm, policy_params, prm_params, prompts_QxP, lengths_Q, live_
   num_rows = config.num_rows
   batch = num_problems * num_rows
   policy_params = policy.prepare(policy_params, batch)
-  policy_state = policy.start(policy_params, prompts_QxP, lengths_Q, num_rows, config.num_slots)
+  policy_state = policy.start(policy_params, prompts_QxP, lengths_Q, num_rows, config.num_slots,
+                              config.max_solution_tokens)
   policy_state = policy.finish(policy_state, jnp.repeat(~live_Q, num_rows))
   prm_state = prm.start(prm_params, prompts_QxP, lengths_Q, num_rows, config.prm_slots)
   width = config.max_solution_tokens + config.max_step_tokens

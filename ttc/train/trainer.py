@@ -21,7 +21,8 @@ import tqdm
 from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc.train import checkpointing, data, optimizer, partitioning
+from ttc import checkpointing, partitioning
+from ttc.train import data, optimizer
 
 
 @flax.struct.dataclass
@@ -98,14 +99,36 @@ def truncate_metrics(path: str, last_step: int):
 
 
 @gin.configurable(denylist=["workdir"])
-def train(workdir: str, task_name: str = gin.REQUIRED, num_steps: int = gin.REQUIRED,
+def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
           batch_size: int = 64, inputs_length: int = 32, targets_length: int = 128,
           checkpoint_every: int = 200, keep_checkpoints: int = 3, log_every: int = 20,
           seed: int = 0, model_config: ModelConfig = ModelConfig()):
-  """Trains the policy on a seqio task; returns the final TrainState."""
+  """Trains the policy on a task's seqio SFT data; returns the final TrainState.
+
+  task: a `ttc.data.task.Task` with a seqio task of the same name (e.g.
+    `@register_arith_task()`), or that name.
+  """
+  task_name = task if isinstance(task, str) else task.name
+  # Arguments: checked before any work, so a bad value is one `error:` line, not a
+  # traceback from tf.data or a run that trains nothing and leaves no checkpoint.
+  counts = dict(num_steps=num_steps, batch_size=batch_size, inputs_length=inputs_length,
+                targets_length=targets_length, checkpoint_every=checkpoint_every,
+                keep_checkpoints=keep_checkpoints, log_every=log_every)
+  for name, value in counts.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f"train.{name}={value!r} must be a positive integer; set "
+                      f"--gin.train.{name}=N with N >= 1")
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise UserError(f"train.seed={seed!r} must be an integer; set --gin.train.seed=0")
+
   # Mesh.
   mesh = partitioning.make_mesh()
   rules = partitioning.logical_axis_rules()
+  batch_shards = partitioning.shards_along("activation_batch", mesh, rules)
+  if batch_size % batch_shards:
+    raise UserError(f"train.batch_size={batch_size} must be a multiple of the {batch_shards} "
+                    f"devices the batch is split over (make_mesh.data x fsdp); set "
+                    f"--gin.train.batch_size={-(-batch_size // batch_shards) * batch_shards}")
   # Model and optimizer.
   model = Transformer(model_config)
   tx, schedule = optimizer.make_optimizer(num_steps)

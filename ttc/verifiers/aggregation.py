@@ -11,11 +11,9 @@ under `vmap` over problems:
     "best" (plain best-of-N: the single highest score).
 
 Answers are integer ids: equal ids mean equivalent answers (the caller decides
-equivalence, e.g. `canonical_ids` over strings); -1 marks "no answer" (an
+equivalence, e.g. `ttc.data.task.Task.answer_ids`); -1 marks "no answer" (an
 unparsable sample), which is never chosen while any row has an answer.
 """
-
-from typing import Callable, Hashable, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -91,20 +89,3 @@ def choose_answer(answer_ids_N, scores_N, how: str = "weighted"):
   # Unanswered rows rank below every answered row, whatever their value.
   value = jnp.where(answered, value, -jnp.inf)
   return jnp.argmax(value).astype(jnp.int32)
-
-
-def canonical_ids(answers: Sequence[Optional[Hashable]],
-                  canonical: Callable[[Hashable], Hashable] = lambda a: a) -> np.ndarray:
-  """[N] int32 ids with equal ids for equivalent answers; None -> NO_ANSWER.
-
-  canonical: maps an answer to a key that is equal exactly for equivalent answers
-  (e.g. int() for the arithmetic task).
-  """
-  ids, seen = [], {}
-  for answer in answers:
-    if answer is None:
-      ids.append(NO_ANSWER)
-      continue
-    key = canonical(answer)
-    ids.append(seen.setdefault(key, len(seen)))
-  return np.asarray(ids, np.int32)

@@ -1,12 +1,13 @@
 """Stage `evaluate_verifiers`: how well the PRM and ORM pick answers and find errors.
 
-On a split of the embedded task it samples K solutions per question from the
-policy, scores them with both reward models (whole-sequence passes) and reports:
+On a split of a task it samples K solutions per question from the policy, scores them
+with both reward models (whole-sequence passes) and reports:
 
-  * step-level (the task knows every step's correctness exactly): AUROC of the
-    PRM's score on correct steps vs the first wrong step, and ProcessBench-style
-    first-error F1 at threshold 0.5 and at the threshold that maximises F1 on the
-    labels' held-out questions (never on the evaluated split);
+  * step-level, where the task has a ground-truth step checker (arith does, MATH does
+    not; otherwise these are null): AUROC of the PRM's score on correct steps vs the
+    first wrong step, and ProcessBench-style first-error F1 at threshold 0.5 and at the
+    threshold that maximises F1 on the labels' held-out questions (never on the
+    evaluated split);
   * answer accuracy at N = 1, 4, 16, 64 (disjoint groups of the K samples) for
     majority vote, ORM-weighted best-of-N and PRM-weighted best-of-N with last /
     min / product step aggregation, with 95% bootstrap intervals over questions.
@@ -16,52 +17,61 @@ Writes `<workdir>/verifiers_<split>.json` and prints the table.
 
 import json
 import os
+from typing import Optional
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc.data import arith, tasks, vocab
-from ttc.decoding import samplers
+from ttc import workdir as workdir_lib
+from ttc.data import task as task_lib
+from ttc.decoding import generation, samplers
 from ttc.errors import UserError
-from ttc.evaluate import load_policy, select_problems
-from ttc.train import partitioning
-from ttc.verifiers import aggregation, labeling, metrics, reward_model, scoring
+from ttc.verifiers import aggregation, labeling, metrics, scoring
 
 PRM_AGGREGATIONS = ("last", "min", "prod")
 
 
-def sample_solutions(model, params, problems, *, num_samples: int, temperature: float,
-                     max_new_tokens: int, batch_size: int, seed: int) -> list[list[dict]]:
+def sample_solutions(policy: workdir_lib.Policy, task: task_lib.Task, problems, *,
+                     num_samples: int, temperature: float, max_new_tokens: int,
+                     batch_size: int, seed: int) -> list[list[dict]]:
   """K policy samples per problem: dicts with text, answer (None if unparsable), correct."""
-  policy = labeling.Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
-                           max_new_tokens)
-  texts, finished, _ = labeling.generate_texts(
-      policy, [tasks.encode_prompt(p.prompt) for p in problems], jax.random.key(seed),
-      num_samples, max(1, batch_size // num_samples), progress="sample")
-  out = []
-  for i, problem in enumerate(problems):
+  prompts = [policy.codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
+  out = generation.generate_texts(
+      policy, prompts, jax.random.key(seed), samplers.Temperature(jnp.float32(temperature)),
+      num_samples=num_samples, max_new_tokens=max_new_tokens,
+      prompts_per_call=max(1, batch_size // num_samples),
+      stop_ids=policy.codec.stop_ids(task.chat), progress="sample")
+  solutions = []
+  for q, problem in enumerate(problems):
     rows = []
-    for b in range(i * num_samples, (i + 1) * num_samples):
-      # Like label_prm: a sample that never ended (no EOS) or boxed nothing has no answer.
-      answer = arith.extract_answer(texts[b]) if finished[b] else None
-      rows.append({"text": texts[b], "answer": answer,
-                   "correct": answer is not None and arith.grade(texts[b], problem.answer)})
-    out.append(rows)
-  return out
+    for text, finished in zip(*out.per_prompt(q, num_samples)):
+      # Like label_prm: a sample that never ended or gave no answer has no answer.
+      answer = task.extract_answer(text) if finished else None
+      rows.append({"text": text, "answer": answer,
+                   "correct": answer is not None and task.is_correct(answer, problem)})
+    solutions.append(rows)
+  return solutions
 
 
-def _sequences(prompt: str, texts: list[str]):
+def _end_id(codec, chat: bool) -> int:
+  """The token that ends a finished solution: EOS, or the chat's end of turn."""
+  if codec.eos_id >= 0:
+    return codec.eos_id
+  if codec.stop_ids(chat):
+    return codec.stop_ids(chat)[0]
+  raise UserError("the policy's tokenizer has no EOS token to end a solution with; use a "
+                  "checkpoint that defines one")
+
+
+def _sequences(task: task_lib.Task, codec, prompt_ids: list[int], texts: list[str]):
   """(token ids of prompt + solution + EOS, step-end indices, last index) per solution."""
-  char_vocab = vocab.CharVocabulary()
-  prompt_ids = tasks.encode_prompt(prompt)
   seqs, ends, last = [], [], []
   for text in texts:
-    ids = prompt_ids + char_vocab.encode(text) + [vocab.EOS_ID]
+    ids = prompt_ids + codec.encode(text) + [_end_id(codec, task.chat)]
     seqs.append(ids)
-    ends.append([len(prompt_ids) + e for e in labeling.step_end_offsets(text)])
+    ends.append([len(prompt_ids) + e for e in labeling.step_end_tokens(task, codec, text)])
     last.append([len(ids) - 1])
   return seqs, ends, last
 
@@ -75,75 +85,111 @@ def _padded(rows: list[list[float]]):
   return out, np.asarray([len(r) for r in rows], np.int32)
 
 
-def _threshold_from_labels(prm, prm_params, workdir, labels_file, validation_percent,
-                           batch_size):
+def _threshold_from_labels(task, codec, prm, prm_params, labels_path, validation_percent,
+                           batch_size) -> float:
   """The first-error threshold of best F1 on the labels' held-out questions (true labels)."""
-  records = [r for r in labeling.read_labels(os.path.join(workdir, labels_file))
+  records = [r for r in labeling.read_labels(labels_path)
              if labeling.split_of_uid(r["uid"], validation_percent) == "validation"]
   seqs, ends, truth = [], [], []
   for r in records:
-    s, e, _ = _sequences(r["prompt"], [sample["text"] for sample in r["samples"]])
+    samples = [s for s in r["samples"] if s["true"] is not None]
+    s, e, _ = _sequences(task, codec, codec.encode_prompt(r["prompt"], task.chat),
+                         [sample["text"] for sample in samples])
     seqs += s
     ends += e
-    truth += [sample["true"] for sample in r["samples"]]
+    truth += [sample["true"] for sample in samples]
   scores = scoring.score_solutions(prm, prm_params, seqs, ends, batch_size=batch_size)
-  return metrics.best_threshold(scores, truth)
+  try:
+    return metrics.best_threshold(scores, truth)
+  except ValueError as e:
+    raise UserError(f"no first-error threshold from the held-out questions of {labels_path}: "
+                    f"{e}; label more questions") from None
+
+
+def _check_vocabulary(name: str, model, codec) -> None:
+  """A reward model reads the token ids of the policy it was trained from."""
+  if codec.vocab_size > model.config.vocab_size:
+    raise UserError(f"the {name} has {model.config.vocab_size} token ids but the policy's "
+                    f"tokenizer {codec.vocab_size}: evaluate with the policy it was trained "
+                    "from (evaluate_verifiers.policy)")
+
+
+def _auroc(scores, labels) -> float:
+  """AUROC, or NaN where one class is missing (e.g. a weak policy never right)."""
+  labels = np.asarray(labels, bool)
+  return metrics.auroc(scores, labels) if 0 < labels.sum() < labels.size else float("nan")
+
+
+def _step_metrics(prm_steps: list, truth: list, threshold: float) -> dict:
+  """Step-level metrics on the solutions with at least one step."""
+  stepped = [i for i, t in enumerate(truth) if t]
+  scores, labels = [prm_steps[i] for i in stepped], [truth[i] for i in stepped]
+  return {"solutions": len(stepped),
+          "auroc": _auroc(*metrics.first_error_steps(scores, labels)),
+          "f1@0.5": metrics.first_error_f1(scores, labels),
+          "f1@held_out": metrics.first_error_f1(scores, labels, threshold)}
 
 
 @gin.configurable(denylist=["workdir"])
-def evaluate_verifiers(workdir: str, task_name: str = gin.REQUIRED, split: str = "test",
+def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "test",
                        num_samples: int = 64, ns=(1, 4, 16, 64), temperature: float = 1.0,
                        max_new_tokens: int = 144, batch_size: int = 256,
                        max_problems_per_level: int = 0, score_batch_size: int = 64,
                        prm_dir: str = "prm", orm_dir: str = "orm",
                        labels_file: str = "prm_labels.jsonl", validation_percent: int = 10,
                        seed: int = 0):
-  """Samples `num_samples` solutions per problem of `split` and measures both verifiers."""
+  """Samples `num_samples` solutions per problem of `split` and measures both verifiers.
+
+  task: a `ttc.data.task.Task` (or a registered task name).
+  policy: the checkpoint to sample ("" = this work dir's; a path or "smollm2"); the
+    reward models in `prm_dir` / `orm_dir` must read its tokens.
+  Returns the results written to `<workdir>/verifiers_<split>.json`; the step-level
+  entries are None where the task has no step checker.
+  """
+  task = task_lib.get(task)
   if max(ns) > num_samples or min(ns) < 1:
     raise UserError(f"evaluate_verifiers.ns={tuple(ns)} must lie in [1, num_samples="
                     f"{num_samples}]")
-  problems = select_problems(task_name, split, max_problems_per_level)
-  mesh = partitioning.make_mesh()
-  rules = partitioning.logical_axis_rules()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    policy, policy_params, _ = load_policy(workdir, mesh, rules)
-    solutions = sample_solutions(policy, policy_params, problems, num_samples=num_samples,
+  problems = task.select(split, max_problems_per_level)
+  checked = task.has_step_checker
+  with workdir_lib.device_context() as devices:
+    loaded = workdir_lib.load_policy(policy, devices, workdir)
+    codec = loaded.codec
+    solutions = sample_solutions(loaded, task, problems, num_samples=num_samples,
                                  temperature=temperature, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, seed=seed)
-    prm, prm_params = reward_model.load(os.path.join(workdir, prm_dir), mesh, rules)
-    orm, orm_params = reward_model.load(os.path.join(workdir, orm_dir), mesh, rules)
+    prm, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir), devices)
+    orm, orm_params = workdir_lib.load_reward_model(os.path.join(workdir, orm_dir), devices)
+    _check_vocabulary("PRM", prm, codec)
+    _check_vocabulary("ORM", orm, codec)
     seqs, ends, lasts = [], [], []
     for problem, rows in zip(problems, solutions):
-      s, e, l = _sequences(problem.prompt, [r["text"] for r in rows])
+      s, e, l = _sequences(task, codec, codec.encode_prompt(task.prompt(problem), task.chat),
+                           [r["text"] for r in rows])
       seqs += s
       ends += e
       lasts += l
     prm_steps = scoring.score_solutions(prm, prm_params, seqs, ends, batch_size=score_batch_size)
     orm_final = [s[0] for s in scoring.score_solutions(orm, orm_params, seqs, lasts,
                                                        batch_size=score_batch_size)]
-    threshold = _threshold_from_labels(prm, prm_params, workdir, labels_file,
-                                       validation_percent, score_batch_size)
+    threshold = (_threshold_from_labels(task, codec, prm, prm_params,
+                                        os.path.join(workdir, labels_file), validation_percent,
+                                        score_batch_size) if checked else None)
 
   flat = [r for rows in solutions for r in rows]
-  truth = [arith.step_correctness(p.question, r["text"]) for p, rows in zip(problems, solutions)
-           for r in rows]
   step_scores, num_steps = _padded(prm_steps)
   aggregation.validate_step_scores(step_scores, num_steps)
   aggregation.validate_step_scores(np.asarray(orm_final)[:, None], np.ones(len(flat), np.int32))
+  steps: Optional[dict] = None
+  if checked:
+    truth = [task.step_correctness(p, r["text"]) for p, rows in zip(problems, solutions)
+             for r in rows]
+    steps = _step_metrics(prm_steps, truth, threshold)
 
-  # Step level, on solutions with at least one step.
-  stepped = [i for i, t in enumerate(truth) if t]
-  step_auroc = metrics.auroc(*metrics.first_error_steps([prm_steps[i] for i in stepped],
-                                                        [truth[i] for i in stepped]))
-  f1_half = metrics.first_error_f1([prm_steps[i] for i in stepped], [truth[i] for i in stepped])
-  f1_tuned = metrics.first_error_f1([prm_steps[i] for i in stepped],
-                                    [truth[i] for i in stepped], threshold)
-
-  # Answer level: [Q, K] arrays, answers made ids per question (equal integers = equal ids).
+  # Answer level: [Q, K] arrays, answers made ids per question (equal ids = same answer).
   shape = (len(problems), num_samples)
-  answer_ids = np.stack([
-      aggregation.canonical_ids([r["answer"] for r in rows], arith.answer_key)
-      for rows in solutions])
+  answer_ids = np.stack([np.asarray(task.answer_ids([r["answer"] for r in rows]), np.int32)
+                         for rows in solutions])
   correct = np.asarray([r["correct"] for r in flat]).reshape(shape)
   scores = {"ORM weighted": np.asarray(orm_final, np.float32).reshape(shape)}
   for how in PRM_AGGREGATIONS:
@@ -158,25 +204,30 @@ def evaluate_verifiers(workdir: str, task_name: str = gin.REQUIRED, split: str =
 
   outcome = np.asarray([r["correct"] for r in flat])
   results = {
-      "split": split, "problems": len(problems), "samples_per_problem": num_samples,
-      "pass@1": float(outcome.mean()),
-      "prm_first_error_auroc": step_auroc,
-      "prm_first_error_f1@0.5": f1_half,
-      "prm_first_error_f1@held_out_threshold": f1_tuned,
-      "outcome_auroc": {"ORM": metrics.auroc(orm_final, outcome),
-                        "PRM-last": metrics.auroc(
-                            np.asarray(scores["PRM-last weighted"]).ravel(), outcome)},
+      "task": task.name, "split": split, **loaded.describe(), "problems": len(problems),
+      "samples_per_problem": num_samples, "pass@1": float(outcome.mean()),
+      "step_checker": checked,
+      "prm_first_error_auroc": steps and steps["auroc"],
+      "prm_first_error_f1@0.5": steps and steps["f1@0.5"],
+      "prm_first_error_f1@held_out_threshold": steps and steps["f1@held_out"],
+      "outcome_auroc": {"ORM": _auroc(orm_final, outcome),
+                        "PRM-last": _auroc(np.asarray(scores["PRM-last weighted"]).ravel(),
+                                           outcome)},
       "accuracy": {name: {str(n): list(cell) for n, cell in row.items()}
                    for name, row in table.items()},
   }
-  print(f"{split}: {len(problems)} problems x {num_samples} samples, pass@1 "
+  print(f"{task.name} {split}: {len(problems)} problems x {num_samples} samples, pass@1 "
         f"{results['pass@1']:.3f}")
-  print(f"PRM AUROC, correct steps vs first wrong step: {step_auroc:.3f} "
-        f"({len(stepped)} solutions)")
-  for name, f1 in (("0.5", f1_half), (f"{threshold:.2f} (held-out labels)", f1_tuned)):
-    print(f"PRM first-error F1 at threshold {name}: {f1['f1']:.3f} (error acc "
-          f"{f1['error_accuracy']:.3f} on {f1['num_error']}, correct acc "
-          f"{f1['correct_accuracy']:.3f} on {f1['num_correct']})")
+  if steps is None:
+    print(f"step-level metrics: none (task {task.name} has no ground-truth step checker)")
+  else:
+    print(f"PRM AUROC, correct steps vs first wrong step: {steps['auroc']:.3f} "
+          f"({steps['solutions']} solutions)")
+    for name, f1 in (("0.5", steps["f1@0.5"]),
+                     (f"{threshold:.2f} (held-out labels)", steps["f1@held_out"])):
+      print(f"PRM first-error F1 at threshold {name}: {f1['f1']:.3f} (error acc "
+            f"{f1['error_accuracy']:.3f} on {f1['num_error']}, correct acc "
+            f"{f1['correct_accuracy']:.3f} on {f1['num_correct']})")
   print("outcome AUROC (correct vs wrong solutions): " + ", ".join(
       f"{k} {v:.3f}" for k, v in results["outcome_auroc"].items()))
   print("accuracy, 95% bootstrap intervals over problems:")
@@ -184,4 +235,3 @@ def evaluate_verifiers(workdir: str, task_name: str = gin.REQUIRED, split: str =
   with open(os.path.join(workdir, f"verifiers_{split}.json"), "w") as f:
     json.dump(results, f, indent=1)
   return results
-

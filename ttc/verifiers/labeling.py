@@ -5,7 +5,10 @@ last is labelled by R rollouts from the prefix that ends with it (the step delim
 included): soft label = fraction of rollouts that reach the right answer, hard label =
 any did. The last step's label is the solution's own correctness, as it is complete.
 
-    prefix tokens = encode_prompt(prompt) + encode(text[:step_end + 1])
+    prefix tokens = codec.encode_prompt(task.prompt(problem)) + codec.encode(text[:step_end + 1])
+
+The task (`ttc.data.task.Task`) says what a step is, what the answer is and whether it is
+right; the policy's codec (`ttc.workdir.Codec`) turns text into tokens.
 
 Output: `<workdir>/<labels_file>`, one JSON line per question (see `label_prm`), written a
 chunk of questions at a time so a killed run resumes where it stopped and produces the same
@@ -15,10 +18,10 @@ stable train / validation split by uid.
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -27,18 +30,19 @@ import seqio
 import tensorflow as tf
 import tqdm
 
-from ttc import resumable
-from ttc.data import arith, tasks, vocab
-from ttc.decoding import samplers, sampling
+from ttc import resumable, workdir as workdir_lib
+from ttc.data import task as task_lib, vocab
+from ttc.decoding import generation, samplers
 from ttc.errors import UserError
-from ttc.evaluate import load_policy, select_problems
-from ttc.train import partitioning
 
-# (key, type) of each question line and each of its samples; read_labels checks them.
-QUESTION_KEYS = (("uid", str), ("question", str), ("prompt", str), ("answer", int),
-                 ("level", int), ("num_sampled", int), ("samples", list))
-SAMPLE_KEYS = (("text", str), ("correct", bool), ("soft", list), ("hard", list),
-               ("true", list), ("step_ends", list))
+# (key, types) of each question line and each of its samples; read_labels checks them.
+# `answer` was an int before tasks other than arith existed; such files still read.
+# `true` is null for a task without a ground-truth step checker.
+QUESTION_KEYS = (("uid", (str,)), ("question", (str,)), ("prompt", (str,)),
+                 ("answer", (str, int)), ("level", (int,)), ("num_sampled", (int,)),
+                 ("samples", (list,)))
+SAMPLE_KEYS = (("text", (str,)), ("correct", (bool,)), ("soft", (list,)), ("hard", (list,)),
+               ("true", (list, type(None))), ("step_ends", (list,)))
 _RERUN_HINT = "rerun label_prm (it repairs a last line cut by kill -9) or delete the file"
 # label_prm itself only repairs the last line; damage elsewhere needs a person.
 _DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or the file"
@@ -47,18 +51,19 @@ _DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or t
 # ----------------------------------------------------------------------------- steps
 
 
-def step_end_offsets(solution_text: str) -> list[int]:
-  """For each line of `arith.split_steps(solution_text)`, the index of the token ending it.
+def step_end_tokens(task: task_lib.Task, codec, text: str) -> list[int]:
+  """For each step of `task.split_steps(text)`, the index of the token that ends it.
 
-  Indices are into `CharVocabulary().encode(solution_text) + [EOS_ID]` (one token per
-  character): the `\\n` after the line, or len(solution_text), the EOS, for a last line
-  without a trailing delimiter. Empty lines are skipped as split_steps skips them.
+  Indices are into `codec.encode(text) + [EOS]`: the last token of
+  `codec.encode(text[:end + 1])` for a step ending at character `end` (its delimiter), or
+  the EOS, len(codec.encode(text)), for a last step without a delimiter after it. For the
+  character vocabulary a token index is a character index, so these equal
+  `task.step_end_offsets(text)`.
   """
-  ends, offset = [], 0
-  for line in solution_text.split(arith.STEP_DELIMITER):
-    if line.strip():
-      ends.append(offset + len(line))
-    offset += len(line) + len(arith.STEP_DELIMITER)
+  ends = []
+  for end in task.step_end_offsets(text):
+    ends.append(len(codec.encode(text)) if end >= len(text)
+                else len(codec.encode(text[:end + 1])) - 1)
   return ends
 
 
@@ -66,37 +71,21 @@ def step_end_offsets(solution_text: str) -> list[int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Policy:
-  """What every sampling call shares; max_new_tokens is the per-row budget in tokens."""
+class _Sampling:
+  """What every sampling call of a run shares; max_new_tokens is the per-row budget."""
 
-  model: object
-  params: object
+  policy: workdir_lib.Policy
+  task: task_lib.Task
   sampler: samplers.Sampler
   max_new_tokens: int
+  batch_size: int
 
-
-def generate_texts(policy: Policy, prompts: list[list[int]], rng, num_samples: int,
-                   prompts_per_call: int, progress: str = "") -> tuple[list[str], list[bool], int]:
-  """`num_samples` continuations of each prompt, prompt-major, in calls of `prompts_per_call`.
-
-  Call c draws from fold_in(rng, c), so the result depends only on the prompts, their order
-  and the rng. Returns (texts without EOS, finished = stopped at EOS, tokens generated
-  including each EOS). `progress`: a tqdm label, or "" for no progress bar.
-  """
-  char_vocab = vocab.CharVocabulary()
-  texts, finished, num_tokens = [], [], 0
-  starts = range(0, len(prompts), prompts_per_call)
-  for call, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=not progress or None)):
-    out = sampling.sample_prompts(policy.model, policy.params,
-                                  prompts[start:start + prompts_per_call],
-                                  jax.random.fold_in(rng, call), policy.sampler,
-                                  num_samples=num_samples, max_new_tokens=policy.max_new_tokens,
-                                  eos_id=vocab.EOS_ID)
-    tokens_BxG, lengths_B = np.asarray(out.tokens_BxG), np.asarray(out.lengths_B)
-    texts.extend(char_vocab.decode(row[:n].tolist()) for row, n in zip(tokens_BxG, lengths_B))
-    finished.extend((np.asarray(out.stop_reason_B) == sampling.StopReason.EOS).tolist())
-    num_tokens += int(lengths_B.sum())
-  return texts, finished, num_tokens
+  def generate(self, prompts: list[list[int]], rng, num_samples: int):
+    return generation.generate_texts(
+        self.policy, prompts, rng, self.sampler, num_samples=num_samples,
+        max_new_tokens=self.max_new_tokens,
+        prompts_per_call=max(1, self.batch_size // num_samples),
+        stop_ids=self.policy.codec.stop_ids(self.task.chat))
 
 
 @dataclasses.dataclass
@@ -107,20 +96,21 @@ class _Counts:
   tokens: int = 0
 
 
-def _sample_solutions(policy: Policy, question_prompts: list, rng, num_solutions: int,
-                      batch_size: int, counts: _Counts) -> list[list[str]]:
-  """Per question, the texts of its parsable samples: stopped at EOS, with a `\\boxed{}`."""
-  texts, finished, num_tokens = generate_texts(policy, question_prompts, rng, num_solutions,
-                                               max(1, batch_size // num_solutions))
-  counts.tokens += num_tokens
-  return [[t for t, f in zip(texts[q * num_solutions:(q + 1) * num_solutions],
-                             finished[q * num_solutions:(q + 1) * num_solutions])
-           if f and arith.extract_answer(t) is not None]
-          for q in range(len(question_prompts))]
+def _sample_solutions(run: _Sampling, question_prompts: list, rng, num_solutions: int,
+                      counts: _Counts) -> list[list[str]]:
+  """Per question, the texts of its parsable samples: stopped at EOS, with an answer."""
+  out = run.generate(question_prompts, rng, num_solutions)
+  counts.tokens += out.num_tokens
+  kept = []
+  for q in range(len(question_prompts)):
+    texts, finished = out.per_prompt(q, num_solutions)
+    kept.append([t for t, f in zip(texts, finished)
+                 if f and run.task.extract_answer(t) is not None])
+  return kept
 
 
-def _rollout_wins(policy: Policy, problems: list, question_prompts: list, kept: list, rng,
-                  num_rollouts: int, batch_size: int, counts: _Counts) -> list[dict]:
+def _rollout_wins(run: _Sampling, problems: list, question_prompts: list, kept: list, rng,
+                  num_rollouts: int, counts: _Counts) -> list[dict]:
   """Per question, {step prefix text: rollouts (of num_rollouts) that end in its answer}.
 
   Prefixes are every step but the last of each kept solution, delimiter included.
@@ -130,51 +120,52 @@ def _rollout_wins(policy: Policy, problems: list, question_prompts: list, kept: 
   prefixes = {}  # (question index, prefix text) -> first-seen order
   for q, solutions in enumerate(kept):
     for text in solutions:
-      for end in step_end_offsets(text)[:-1]:
+      for end in run.task.step_end_offsets(text)[:-1]:
         prefixes.setdefault((q, text[:end + 1]), len(prefixes))
   wins = [dict() for _ in problems]
   if not prefixes:
     return wins
+  ids = {k: question_prompts[k[0]] + run.policy.codec.encode(k[1]) for k in prefixes}
   # Similar lengths share a call: less padding, and their rollouts end at similar steps.
-  keys = sorted(prefixes, key=lambda k: (len(problems[k[0]].prompt) + len(k[1]), prefixes[k]))
-  char_vocab = vocab.CharVocabulary()
-  rollouts, finished, num_tokens = generate_texts(
-      policy, [question_prompts[q] + char_vocab.encode(prefix) for q, prefix in keys], rng,
-      num_rollouts, max(1, batch_size // num_rollouts))
+  keys = sorted(prefixes, key=lambda k: (len(ids[k]), prefixes[k]))
+  out = run.generate([ids[k] for k in keys], rng, num_rollouts)
   for j, (q, prefix) in enumerate(keys):
-    rows = range(j * num_rollouts, (j + 1) * num_rollouts)
+    rollouts, finished = out.per_prompt(j, num_rollouts)
     # A rollout that ran out of budget is no finished solution, so it counts as wrong.
-    wins[q][prefix] = sum(finished[r] and arith.grade(prefix + rollouts[r], problems[q].answer)
-                          for r in rows)
-  counts.rollouts += len(rollouts)
-  counts.tokens += num_tokens
+    wins[q][prefix] = sum(f and run.task.grade(prefix + r, problems[q])
+                          for r, f in zip(rollouts, finished))
+  counts.rollouts += len(out.texts)
+  counts.tokens += out.num_tokens
   return wins
 
 
-def _sample_record(problem: arith.ArithProblem, text: str, wins: dict,
+def _sample_record(run: _Sampling, problem: task_lib.Problem, text: str, wins: dict,
                    num_rollouts: int) -> dict:
   """One kept solution's labels; `wins` maps each step prefix to its correct rollouts."""
-  ends = step_end_offsets(text)
-  correct = arith.grade(text, problem.answer)
+  task = run.task
+  ends = task.step_end_offsets(text)
+  correct = task.grade(text, problem)
   soft = [wins[text[:end + 1]] / num_rollouts for end in ends[:-1]] + [float(correct)]
+  true = task.step_correctness(problem, text) if task.has_step_checker else None
   return {"text": text, "correct": correct, "soft": soft, "hard": [s > 0 for s in soft],
-          "true": arith.step_correctness(problem.question, text), "step_ends": ends}
+          "true": true, "step_ends": step_end_tokens(task, run.policy.codec, text)}
 
 
-def _label_chunk(policy: Policy, problems: list, rng, num_solutions: int, num_rollouts: int,
-                 batch_size: int, counts: _Counts) -> list[dict]:
+def _label_chunk(run: _Sampling, problems: list, rng, num_solutions: int,
+                 num_rollouts: int, counts: _Counts) -> list[dict]:
   """One JSON record per problem of the chunk; a pure function of (problems, rng, settings).
 
   Solutions draw from fold_in(rng, 0), rollouts from fold_in(rng, 1).
   """
-  question_prompts = [tasks.encode_prompt(p.prompt) for p in problems]
-  kept = _sample_solutions(policy, question_prompts, jax.random.fold_in(rng, 0), num_solutions,
-                           batch_size, counts)
-  wins = _rollout_wins(policy, problems, question_prompts, kept, jax.random.fold_in(rng, 1),
-                       num_rollouts, batch_size, counts)
-  return [{"uid": p.uid, "question": p.question, "prompt": p.prompt, "answer": p.answer,
+  task, codec = run.task, run.policy.codec
+  question_prompts = [codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
+  kept = _sample_solutions(run, question_prompts, jax.random.fold_in(rng, 0), num_solutions,
+                           counts)
+  wins = _rollout_wins(run, problems, question_prompts, kept, jax.random.fold_in(rng, 1),
+                       num_rollouts, counts)
+  return [{"uid": p.uid, "question": p.question, "prompt": task.prompt(p), "answer": p.answer,
            "level": p.level, "num_sampled": num_solutions,
-           "samples": [_sample_record(p, t, wins[q], num_rollouts) for t in kept[q]]}
+           "samples": [_sample_record(run, p, t, wins[q], num_rollouts) for t in kept[q]]}
           for q, p in enumerate(problems)]
 
 
@@ -183,31 +174,44 @@ def _label_chunk(policy: Policy, problems: list, rng, num_solutions: int, num_ro
 
 def _check_record(record, where: str) -> None:
   """Raises ValueError (prefixed by `where`) unless `record` is one well-formed question line."""
+
+  def well_typed(value, kinds):
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
   if not isinstance(record, dict):
     raise ValueError(f"{where}: expected a JSON object")
-  for key, kind in QUESTION_KEYS:
-    if not isinstance(record.get(key), kind) or (kind is int and isinstance(record[key], bool)):
-      raise ValueError(f"{where}: missing or non-{kind.__name__} key {key!r}")
+  for key, kinds in QUESTION_KEYS:
+    if not well_typed(record.get(key), kinds):
+      raise ValueError(f"{where}: missing or non-{kinds[0].__name__} key {key!r}")
   for i, sample in enumerate(record["samples"]):
     at = f"{where}: uid {record['uid']} sample {i}"
     if not isinstance(sample, dict):
       raise ValueError(f"{at} is not a JSON object")
-    for key, kind in SAMPLE_KEYS:
-      if not isinstance(sample.get(key), kind):
-        raise ValueError(f"{at}: missing or non-{kind.__name__} key {key!r}")
+    for key, kinds in SAMPLE_KEYS:
+      if key not in sample or not well_typed(sample[key], kinds):
+        raise ValueError(f"{at}: missing or non-{kinds[0].__name__} key {key!r}")
     _check_sample_labels(sample, at)
 
 
 def _check_sample_labels(sample: dict, at: str) -> None:
-  lengths = {key: len(sample[key]) for key in ("soft", "hard", "true", "step_ends")}
-  if len(set(lengths.values())) != 1 or sample["step_ends"] != step_end_offsets(sample["text"]):
-    raise ValueError(f"{at}: label lengths {lengths} or step_ends do not match the "
-                     f"{len(step_end_offsets(sample['text']))} steps of its text")
+  """Labels per step agree in number, and step ends are increasing token indices.
+
+  Whether they are the steps of the text needs the task and the tokenizer, which a labels
+  file does not name; label_prm computes both from them.
+  """
+  keys = ("soft", "hard", "step_ends") + (() if sample["true"] is None else ("true",))
+  lengths = {key: len(sample[key]) for key in keys}
+  ends = sample["step_ends"]
+  if (len(set(lengths.values())) != 1 or not ends or
+      not all(isinstance(e, int) and not isinstance(e, bool) for e in ends) or
+      ends[0] < 0 or any(a >= b for a, b in zip(ends, ends[1:]))):
+    raise ValueError(f"{at}: label lengths {lengths} disagree, or step_ends {ends} are not "
+                     "increasing token indices, one per step of the text")
   for s in sample["soft"]:
     if isinstance(s, bool) or not isinstance(s, (int, float)) or not (
         math.isfinite(s) and 0 <= s <= 1):
       raise ValueError(f"{at}: soft label {s!r} is not a finite number in [0, 1]")
-  if not all(isinstance(h, bool) for h in sample["hard"] + sample["true"]):
+  if not all(isinstance(h, bool) for h in sample["hard"] + (sample["true"] or [])):
     raise ValueError(f"{at}: hard and true labels must be booleans")
 
 
@@ -246,13 +250,31 @@ def read_labels(path: str) -> list[dict]:
   return records
 
 
+def settings_path(labels_path: str) -> str:
+  """Where `label_prm` keeps the settings (task, policy, ...) a labels file was made with."""
+  return os.path.splitext(labels_path)[0] + ".settings.json"
+
+
+def read_settings(labels_path: str) -> dict:
+  """The settings a labels file was made with ({} for a file written by hand)."""
+  path = settings_path(labels_path)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserError(f"cannot parse {path} ({e}); delete it and the labels, and rerun "
+                      "label_prm") from None
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
-def _select_problems(task_name: str, split: str, num_questions: int) -> list:
+def _select_problems(task: task_lib.Task, split: str, num_questions: int) -> list:
   """Levels interleaved (one question of each in turn), so any prefix covers all levels."""
   by_level = {}
-  for p in select_problems(task_name, split):
+  for p in task.problems(split):
     by_level.setdefault(p.level, []).append(p)
   queues = list(by_level.values())
   interleaved = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
@@ -279,24 +301,27 @@ def _summarize(path: str, problems: list, counts: _Counts) -> dict:
 
 
 @gin.configurable(denylist=["workdir"])
-def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
+def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "train",
               num_questions: int = 0, num_solutions: int = 16, num_rollouts: int = 16,
               temperature: float = 1.0, max_new_tokens: int = 144, batch_size: int = 256,
               questions_per_chunk: int = 32, seed: int = 0,
               labels_file: str = "prm_labels.jsonl") -> dict:
-  """Writes Monte-Carlo step labels of the policy in `workdir` to `<workdir>/<labels_file>`.
+  """Writes Monte-Carlo step labels of a policy's samples to `<workdir>/<labels_file>`.
 
   One JSON line per question, in question order within each chunk:
 
-    {"uid", "question", "prompt", "answer", "level", "num_sampled",
+    {"uid", "question", "prompt", "answer" (the reference, text), "level", "num_sampled",
      "samples": [{"text", "correct", "soft": [float per step], "hard": [bool per step],
-                  "true": [ground-truth bool per step], "step_ends": [int per step]}]}
+                  "true": [ground-truth bool per step] or null, "step_ends": [int per step]}]}
 
-  Samples that did not stop at EOS or have no `\\boxed{}` are dropped (a question may keep
-  none: "samples": []). Steps are `arith.split_steps` lines; `step_ends` are token indices
-  into encode(text) + [EOS] (see `step_end_offsets`).
+  Samples that did not stop (EOS or the chat's end of turn) or have no extractable answer
+  are dropped (a question may keep none: "samples": []). Steps are `task.split_steps`;
+  `step_ends` are token indices into codec.encode(text) + [EOS] (see `step_end_tokens`).
+  "true" is null where the task has no ground-truth step checker.
 
   Args:
+    task: a `ttc.data.task.Task` (or a registered task name).
+    policy: the checkpoint to sample ("" = this work dir's; a path or "smollm2").
     num_questions: this many problems of the split, levels taken in turn; 0 = all.
     num_solutions: solutions sampled per question.
     num_rollouts: rollouts per step prefix; soft labels are multiples of 1 / num_rollouts.
@@ -306,19 +331,20 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
       batch_size // num_rollouts prefixes (at least one).
     questions_per_chunk: questions labelled, then written, together. Chunk c draws from
       fold_in(key(seed), c), so a rerun after kill -9 recomputes a cut chunk identically
-      and appends only its missing questions. The settings that shape the labels, and the
-      policy's checkpoint step, are kept in `<labels name>.settings.json`; a rerun with
-      others is refused rather than mixing two experiments in one file.
+      and appends only its missing questions. The settings that shape the labels (the
+      task and the policy's checkpoint included) are kept in `<labels name>.settings.json`;
+      a rerun with others is refused rather than mixing two experiments in one file.
   Returns:
     {"path", "questions", "solutions_sampled", "solutions_kept", "mean_soft",
      "rollouts_this_run", "tokens_this_run"}.
   """
+  task = task_lib.get(task)
   _check_args(num_solutions=num_solutions, num_rollouts=num_rollouts,
               max_new_tokens=max_new_tokens, batch_size=batch_size,
               questions_per_chunk=questions_per_chunk)
   if num_questions < 0 or temperature < 0:
     raise UserError("label_prm.num_questions and label_prm.temperature must be >= 0")
-  problems = _select_problems(task_name, split, num_questions)
+  problems = _select_problems(task, split, num_questions)
   path = os.path.join(workdir, labels_file)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   done = resumable.repair(path, lambda line, n: _parse_line(line, path, n, _DAMAGED_HINT),
@@ -326,35 +352,35 @@ def label_prm(workdir: str, task_name: str = gin.REQUIRED, split: str = "train",
   # Settings whose change would mix incomparable labels in one file. batch_size and
   # questions_per_chunk only regroup the sampling: changing them on resume still gives
   # valid labels, though not bit-identical to a straight run.
-  settings = dict(task_name=task_name, split=split, num_solutions=num_solutions,
+  settings = dict(task=task.name, split=split, num_solutions=num_solutions,
                   num_rollouts=num_rollouts, temperature=temperature,
                   max_new_tokens=max_new_tokens, seed=seed)
 
-  mesh = partitioning.make_mesh()
-  rules = partitioning.logical_axis_rules()
   counts = _Counts()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    model, params, step = load_policy(workdir, mesh, rules)
-    resumable.pin_settings(path, {**settings, "policy_step": int(step)},
+  with workdir_lib.device_context() as devices:
+    loaded = workdir_lib.load_policy(policy, devices, workdir)
+    # The work dir's own policy is pinned as "", not by its path, so a moved work dir
+    # still resumes.
+    resumable.pin_settings(path, {**settings, **loaded.describe()},
                            os.path.exists(path), "set label_prm.labels_file to a new name")
-    policy = Policy(model, params, samplers.Temperature(jnp.float32(temperature)),
-                    max_new_tokens)
+    run = _Sampling(loaded, task, samplers.Temperature(jnp.float32(temperature)),
+                    max_new_tokens, batch_size)
     key = jax.random.key(seed)
     with tqdm.tqdm(total=len(problems), desc=f"label {split}", unit="question",
                    disable=None) as progress:
       for chunk_index, start in enumerate(range(0, len(problems), questions_per_chunk)):
         chunk = problems[start:start + questions_per_chunk]
         if any(p.uid not in done for p in chunk):
-          records = _label_chunk(policy, chunk, jax.random.fold_in(key, chunk_index),
-                                 num_solutions, num_rollouts, batch_size, counts)
+          records = _label_chunk(run, chunk, jax.random.fold_in(key, chunk_index),
+                                 num_solutions, num_rollouts, counts)
           resumable.append_lines(path, [r for r in records if r["uid"] not in done])
         progress.update(len(chunk))
 
   summary = _summarize(path, problems, counts)
-  print(f"label_prm: {summary['questions']} questions, {summary['solutions_kept']} of "
-        f"{summary['solutions_sampled']} solutions kept, mean soft label "
-        f"{summary['mean_soft']:.3f}; this run {counts.rollouts} rollouts, {counts.tokens} "
-        f"tokens generated -> {path}")
+  print(f"label_prm: {summary['questions']} questions of {task.name} {split}, "
+        f"{summary['solutions_kept']} of {summary['solutions_sampled']} solutions kept, mean "
+        f"soft label {summary['mean_soft']:.3f}; this run {counts.rollouts} rollouts, "
+        f"{counts.tokens} tokens generated -> {path}")
   return summary
 
 
@@ -390,7 +416,9 @@ def _labels_dataset(records: list[dict]) -> tf.data.Dataset:
       "step_ends": _ragged([s["step_ends"] for s in samples], np.int32),
       "soft": _ragged([s["soft"] for s in samples], np.float32),
       "hard": _ragged([s["hard"] for s in samples], np.int32),
-      "true": _ragged([s["true"] for s in samples], np.int32),
+      # -1 per step: the task had no step checker.
+      "true": _ragged([s["true"] if s["true"] is not None else [-1] * len(s["soft"])
+                       for s in samples], np.int32),
       "correct": tf.constant([int(s["correct"]) for s in samples], tf.int32),
       "uid": tf.constant([r["uid"] for r, _ in pairs], tf.string),
       "level": tf.constant([r["level"] for r, _ in pairs], tf.int64),
@@ -398,14 +426,16 @@ def _labels_dataset(records: list[dict]) -> tf.data.Dataset:
 
 
 @gin.configurable
-def register_prm_labels_task(name: str, labels_path: str, validation_percent: int = 10) -> str:
+def register_prm_labels_task(name: str, labels_path: str, validation_percent: int = 10,
+                             vocabulary=None) -> str:
   """Registers (or replaces) a seqio Task over a `label_prm` file; returns its name.
 
   Splits "train" and "validation" hold whole questions, by `split_of_uid`. The file is read
   when a dataset is requested, so registering may precede the labelling stage. Features:
-  tokenized "inputs" (prompt) and "targets" (solution + EOS; `step_ends` index into it),
-  int32 "step_ends" / "hard" / "true" and float32 "soft" [num_steps], int32 "correct",
-  string "uid", int64 "level".
+  "inputs" (prompt) and "targets" (solution + EOS; `step_ends` index into it) tokenized
+  with `vocabulary` (default: the character vocabulary), int32 "step_ends" / "hard" /
+  "true" (-1 where the task has no step checker) and float32 "soft" [num_steps], int32
+  "correct", string "uid", int64 "level".
   """
   _check_percent(validation_percent)  # fail at registration, not at the first dataset
 
@@ -423,6 +453,6 @@ def register_prm_labels_task(name: str, labels_path: str, validation_percent: in
       name,
       source=seqio.FunctionDataSource(dataset_fn, splits=("train", "validation")),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features=tasks.output_features(),
+      output_features=vocab.output_features(vocabulary),
   )
   return name

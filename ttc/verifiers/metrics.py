@@ -1,7 +1,7 @@
 """How good is a verifier, and how good is the answer it picks (PRM vs ORM evaluation).
 
-On the embedded arithmetic task every step's ground truth is known, so a verifier
-can be judged step by step as well as by the answers it selects:
+Where a task has a ground-truth step checker (the embedded arithmetic task does),
+a verifier can be judged step by step as well as by the answers it selects:
 
   * `auroc` (+ `first_error_steps`): do correct steps score above the first wrong
     step? Steps after the first error are dropped: their label is decided by the

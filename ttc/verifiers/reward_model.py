@@ -1,7 +1,7 @@
 """Reward models (PRM and ORM): a transformer backbone with a scalar value head.
 
 The same module serves both verifiers of the paper; only the training targets
-differ (`ttc.verifiers.training`): a PRM learns the Monte-Carlo soft label at the
+differ (`ttc.train.reward_training`): a PRM learns the Monte-Carlo soft label at the
 last token of every step, an ORM the final correctness at the last token of a
 whole solution. The backbone is the policy's `Transformer`, so a reward model is
 initialised from a policy checkpoint (or an open checkpoint of the same family),
@@ -10,18 +10,17 @@ what incremental scoring (`ttc.verifiers.scoring`) relies on.
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ttc import checkpointing, partitioning, workdir as workdir_lib
 from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.kv_cache import KVCache, PrefixCache
 from ttc.models.transformer import Dense, Transformer
-from ttc.train import checkpointing, partitioning
 
 BACKBONE = "backbone"
 
@@ -43,12 +42,24 @@ class RewardModel(nn.Module):
                             dtype=self.config.activation_dtype,
                             param_dtype=self.config.weight_dtype, name="value_head")
 
+  def hidden_states(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
+                    deterministic: bool = True, segment_ids_BxT=None,
+                    prefix: Optional[PrefixCache] = None):
+    """The backbone's final hidden states [B, T, D] and cache (`Transformer.hidden_states`)."""
+    return self.backbone.hidden_states(tokens_BxT, positions_BxT, cache, deterministic,
+                                       segment_ids_BxT, prefix)
+
+  def logits(self, x_BxTxD):
+    """[B, T] float32 value logits from hidden states: the head in the policy's `logits`
+    place, so code that runs either model (`sampling.prefill`) reads one contract."""
+    return self.value_head(x_BxTxD)[..., 0].astype(jnp.float32)
+
   def __call__(self, tokens_BxT, positions_BxT, cache: Optional[KVCache] = None,
                deterministic: bool = True, segment_ids_BxT=None,
                prefix: Optional[PrefixCache] = None):
-    x_BxTxD, new_cache = self.backbone.hidden_states(tokens_BxT, positions_BxT, cache,
-                                                     deterministic, segment_ids_BxT, prefix)
-    return self.value_head(x_BxTxD)[..., 0].astype(jnp.float32), new_cache
+    x_BxTxD, new_cache = self.hidden_states(tokens_BxT, positions_BxT, cache, deterministic,
+                                            segment_ids_BxT, prefix)
+    return self.logits(x_BxTxD), new_cache
 
 
 def with_backbone(params, policy_params):
@@ -66,23 +77,21 @@ def with_backbone(params, policy_params):
   return {**params, "params": inner}
 
 
-def save_config(directory: str, config: ModelConfig):
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=1)
+def save_config(directory: str, config: ModelConfig) -> None:
+  """Writes a reward model's model_config.json, as a work dir keeps its policy's."""
+  workdir_lib.save_model_config(directory, config)
 
 
 def load(directory: str, mesh, rules):
   """(RewardModel, params placed in their shardings) from a trained reward-model dir.
 
   `directory` holds model_config.json and the `best/` checkpoint written by
-  `ttc.verifiers.training` (the parameters of the best held-out loss).
+  `ttc.train.reward_training` (the parameters of the best held-out loss).
   """
-  path = os.path.join(directory, "model_config.json")
+  path = os.path.join(directory, workdir_lib.MODEL_CONFIG)
   if not os.path.exists(path):
     raise UserError(f"{path} not found: train the reward model first (train_prm / train_orm)")
-  with open(path) as f:
-    config = dataclasses.replace(ModelConfig(**json.load(f)), dropout_rate=0.0)
+  config = dataclasses.replace(workdir_lib.load_model_config(directory), dropout_rate=0.0)
   model = RewardModel(config)
   abstract, _ = partitioning.abstract_params(model, mesh, rules)
   params, _ = checkpointing.restore_params(os.path.join(directory, "best"), abstract)

@@ -73,7 +73,9 @@ class ScoreState:
   """The reward model's view of B = Q * N rows (prompt-major), mid-solution.
 
   prefix: the Q prompts' keys, stored once.
-  cache: each row's own keys; `cache.end` slots used (rows write in lockstep).
+  cache: each row's own keys; `cache.end` slots used. Rows of all prompts write in
+    lockstep at `cache.end`, which a step advances by its longest row rounded up to
+    whole chunks; `take_rows` packs it back to the longest row.
   next_position_B: int32 position id of each row's next token.
   score_B: float32 score after each row's latest token (0 before its first step).
   tokens_scored: [] int32 real tokens run through the model so far: each prompt
@@ -82,7 +84,10 @@ class ScoreState:
   positions_computed: [] int32 token positions computed, padding included
     (B x chunk per loop iteration): the compute actually spent.
   overflowed: [] bool some step did not fit in the cache's slots (its tail was
-    not scored); size `max_tokens` for the longest solution.
+    not scored, in every row the step cut). Since the slots are shared, one row can
+    cut another's step: size `max_tokens` so that the longest row after the last
+    `take_rows` plus every step scored since, each rounded up to chunks, fits (as
+    `ttc.search.tree_search.SearchConfig.prm_slots_needed` does); then it cannot.
   """
 
   prefix: PrefixCache
@@ -101,7 +106,8 @@ class ScoreState:
 @functools.partial(jax.jit, static_argnames=("model", "num_rows", "max_tokens"))
 def start(model: RewardModel, params, prompt_tokens_QxP, prompt_lengths_Q, *, num_rows: int,
           max_tokens: int) -> ScoreState:
-  """Runs Q left-padded prompts once; each gets `num_rows` rows of `max_tokens` slots."""
+  """Runs Q left-padded prompts once; each gets `num_rows` rows of `max_tokens` slots
+  (see `ScoreState.overflowed` for how many)."""
   num_prompts, prompt_len = prompt_tokens_QxP.shape
   _, prompt_cache = sampling.prefill(model, params, prompt_tokens_QxP, prompt_lengths_Q,
                                      prompt_len)

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ttc.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axis or axes). Parameters are split over `fsdp` along embed
@@ -50,21 +52,39 @@ def logical_axis_rules(rules: Sequence[Sequence[Any]] = DEFAULT_RULES):
 
 @gin.configurable
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices.
+
+  Raises UserError (one line naming the fix) for sizes that cannot lay out the devices.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  sizes = [data, fsdp, tensor]
+  named = dict(zip(MESH_AXES, (data, fsdp, tensor)))
+  for axis, size in named.items():
+    integer = isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+    if not integer or size == 0 or size < -1:
+      raise UserError(f"make_mesh.{axis}={size!r} must be a positive integer or -1 (the "
+                      f"remaining devices); set e.g. --gin.make_mesh.{axis}=1")
+  sizes = list(named.values())
+  shape = ", ".join(f"{axis}={size}" for axis, size in named.items())
+  fix = f"set --gin.make_mesh.data/fsdp/tensor to multiply to {len(devices)} (one may be -1)"
   if sizes.count(-1) > 1:
-    raise ValueError("make_mesh: at most one of data/fsdp/tensor may be -1")
+    raise UserError(f"make_mesh: {shape} has more than one -1; {fix}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"make_mesh: {len(devices)} devices do not divide by {known}")
+      raise UserError(f"make_mesh: {shape} needs a multiple of {known} devices, found "
+                      f"{len(devices)}; {fix}")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(
-        f"make_mesh: data*fsdp*tensor = {math.prod(sizes)} but {len(devices)} devices exist; "
-        "set make_mesh.data/fsdp/tensor to multiply to the device count")
+    raise UserError(f"make_mesh: {shape} needs {math.prod(sizes)} devices, found "
+                    f"{len(devices)}; {fix}")
   return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
+
+
+def shards_along(logical_axis: str, mesh: Mesh, rules) -> int:
+  """Into how many pieces the rules split an array axis named `logical_axis` on `mesh`."""
+  axes = nn.logical_to_mesh_axes((logical_axis,), rules)[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh.shape[axis] for axis in axes)
 
 
 def logical_to_sharding(logical_axes_tree, mesh: Mesh, rules) -> Any:

@@ -22,7 +22,6 @@ import os
 import re
 import time
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -31,10 +30,10 @@ import optax
 import seqio
 import tqdm
 
-from ttc.data import tasks
+from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc.data import vocab
 from ttc.errors import UserError
-from ttc.evaluate import load_model_config, load_policy
-from ttc.train import checkpointing, optimizer, partitioning, trainer
+from ttc.train import optimizer, trainer
 from ttc.verifiers import labeling, reward_model
 
 
@@ -96,7 +95,7 @@ def load_examples(task_name: str, split: str, kind: str, training: RewardTrainin
       sequence_length=None, split=split, shuffle=False)
   rows, skipped = [], 0
   for ex in dataset.as_numpy_iterator():
-    tokens = [tasks.DECODER_START_ID, *ex["inputs"].tolist(), *ex["targets"].tolist()]
+    tokens = [vocab.DECODER_START_ID, *ex["inputs"].tolist(), *ex["targets"].tolist()]
     offset = 1 + len(ex["inputs"])
     if kind == "prm":
       index = (offset + ex["step_ends"]).tolist()
@@ -170,11 +169,23 @@ def _early_stopping_state(metrics_path: str):
   return best, best_step, since
 
 
+def _check_labels_policy(labels_path: str) -> None:
+  """Labels are read with the character vocabulary of the work dir's policy, which
+  initialises the reward model: samples of a checkpoint with its own tokenizer cannot be."""
+  settings = labeling.read_settings(labels_path)
+  kind = settings.get("policy_kind", "workdir")
+  if kind != "workdir":
+    raise UserError(f"{labels_path} holds samples of {settings.get('policy')!r} ({kind}), but "
+                    "train_prm / train_orm start from this work dir's policy and its character "
+                    "vocabulary; label with a ttc work dir's policy (label_prm.policy = '')")
+
+
 def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
         training: RewardTraining) -> dict:
   """Trains a PRM (kind="prm") or ORM (kind="orm") on `workdir`'s labels; returns a summary."""
   out = os.path.join(workdir, output_dir)
   labels_path = os.path.abspath(os.path.join(workdir, labels_file))
+  _check_labels_policy(labels_path)
   # One seqio task per labels file; seqio names allow only word characters.
   task_name = labeling.register_prm_labels_task(
       "reward_labels_" + re.sub(r"\W", "_", labels_path), labels_path,
@@ -182,23 +193,23 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
   train_ex = load_examples(task_name, "train", kind, training)
   val_ex = load_examples(task_name, "validation", kind, training)
 
-  mesh = partitioning.make_mesh()
-  rules = partitioning.logical_axis_rules()
-  config = dataclasses.replace(load_model_config(workdir), dropout_rate=training.dropout_rate)
+  config = dataclasses.replace(workdir_lib.load_model_config(workdir),
+                               dropout_rate=training.dropout_rate)
   model = reward_model.RewardModel(config)
-  reward_model.save_config(out, config)
+  workdir_lib.save_model_config(out, config)
   tx, schedule = optimizer.make_optimizer(
       training.num_steps, learning_rate=training.learning_rate,
       warmup_steps=training.warmup_steps, weight_decay=training.weight_decay, b1=training.b1,
       b2=training.b2)
-  abstract, shardings, init = trainer.abstract_state(model, tx, mesh, rules)
-  # Every batch array is split along its rows, like the policy's training batches.
-  batch_sharding = {
-      name: partitioning.logical_to_sharding(
-          ("activation_batch",) + (None,) * (array.ndim - 1), mesh, rules)
-      for name, array in train_ex.take(np.arange(1)).items()}
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with workdir_lib.device_context() as devices:
+    mesh, rules = devices.mesh, devices.rules
+    abstract, shardings, init = trainer.abstract_state(model, tx, mesh, rules)
+    # Every batch array is split along its rows, like the policy's training batches.
+    batch_sharding = {
+        name: partitioning.logical_to_sharding(
+            ("activation_batch",) + (None,) * (array.ndim - 1), mesh, rules)
+        for name, array in train_ex.take(np.arange(1)).items()}
     mngr = checkpointing.manager(os.path.join(out, "checkpoints"), keep=1)
     best_mngr = checkpointing.manager(os.path.join(out, "best"), keep=1)
     restored = checkpointing.restore_latest(mngr, abstract)
@@ -206,7 +217,7 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(training.seed))
       # The backbone starts from the policy; only the value head is fresh. Adam's
       # moments are zeros whatever the parameters, so the optimizer state stands.
-      _, policy_params, _ = load_policy(workdir, mesh, rules)
+      _, policy_params, _ = workdir_lib.load_trained_policy(workdir, mesh, rules)
       state = state.replace(params=reward_model.with_backbone(state.params, policy_params))
     else:
       state, _ = restored

@@ -1,7 +1,8 @@
 import jax
 import pytest
 
-from ttc.train import partitioning
+from ttc import partitioning
+from ttc.errors import UserError
 
 
 def test_mesh_fills_minus_one_axis():
@@ -10,8 +11,18 @@ def test_mesh_fills_minus_one_axis():
 
 
 def test_mesh_rejects_sizes_that_do_not_multiply_to_device_count():
-  with pytest.raises(ValueError, match="multiply to the device count"):
+  with pytest.raises(UserError, match="needs 3 devices, found 8"):
     partitioning.make_mesh(data=3, fsdp=1, tensor=1)
+  with pytest.raises(UserError, match="needs a multiple of 3 devices, found 8"):
+    partitioning.make_mesh(data=-1, fsdp=1, tensor=3)
+  with pytest.raises(UserError, match="more than one -1"):
+    partitioning.make_mesh(data=-1, fsdp=-1, tensor=1)
+
+
+@pytest.mark.parametrize("sizes", [(0, 1, 1), (-1, -2, 1), (-1, 1, 2.0), (-1, True, 1)])
+def test_mesh_rejects_sizes_that_are_not_positive_or_minus_one(sizes):
+  with pytest.raises(UserError, match="must be a positive integer or -1"):
+    partitioning.make_mesh(*sizes)
 
 
 def test_rules_map_logical_names_to_mesh_axes():
@@ -36,7 +47,7 @@ def test_gin_rules_table_matches_the_library_default():
   import os
 
   import gin
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with gin.unlock_config():
     gin.clear_config()
     gin.parse_config_file(os.path.join(repo, "configs/partitioning/default.gin"))

@@ -1,0 +1,93 @@
+"""Tests for ttc/verifiers/evaluation.py: `evaluate_verifiers` on samples of the fake
+policy of test_labeling (outcomes known by construction), scored by random reward models.
+
+Of every problem's 5 samples exactly one (the reference solution) is right, two box the
+same wrong answer and two give none, so pass@1 is 0.2 and majority vote over all 5 is
+always wrong, whatever the reward models say.
+"""
+
+import json
+
+import jax
+import pytest
+
+from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc.data import arith_task
+from ttc.decoding import sampling
+from ttc.errors import UserError
+from ttc.verifiers import evaluation, labeling, reward_model
+from tests.verifiers.conftest import POLICY_CONFIG
+from tests.verifiers.test_labeling import LEVELS, FakePolicy, no_step_checker_task
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+  """The fake char-vocabulary policy, and a random PRM and ORM that read its tokens."""
+  monkeypatch.setattr(sampling, "sample_prompts", FakePolicy())
+  monkeypatch.setattr(workdir_lib, "load_policy", lambda source, devices, workdir="": workdir_lib.Policy(
+      None, None, workdir_lib.char_codec(), source, "workdir", 7))
+  for name, seed in (("prm", 1), ("orm", 2)):
+    model = reward_model.RewardModel(POLICY_CONFIG)
+    params = partitioning.init_params(model, jax.random.key(seed))
+    params["params"]["value_head"]["kernel"] *= 100.0  # spread the scores over (0, 1)
+    reward_model.save_config(str(tmp_path / name), POLICY_CONFIG)
+    mngr = checkpointing.manager(str(tmp_path / name / "best"), keep=1)
+    checkpointing.save(mngr, 1, {"params": params}, 1)
+    mngr.close()
+  return tmp_path
+
+
+def _evaluate(workdir, task):
+  return evaluation.evaluate_verifiers(
+      str(workdir), task=task, split="test", num_samples=5, ns=(1, 5), max_new_tokens=40,
+      batch_size=10, max_problems_per_level=2, score_batch_size=16, validation_percent=50)
+
+
+def _check_answer_level(results):
+  assert results["problems"] == 4 and results["samples_per_problem"] == 5
+  assert results["pass@1"] == pytest.approx(0.2)
+  assert results["accuracy"]["majority"]["1"][0] == pytest.approx(0.2)
+  assert results["accuracy"]["majority"]["5"][0] == 0.0
+  for name in ("ORM weighted", "PRM-last weighted", "PRM-min weighted", "PRM-prod weighted"):
+    assert 0.0 <= results["accuracy"][name]["5"][0] <= 1.0
+  assert 0.0 <= results["outcome_auroc"]["ORM"] <= 1.0
+
+
+def test_step_metrics_of_a_task_with_a_step_checker(workdir):
+  task = arith_task.register_arith_task("test_evaluation_arith", num_train_per_level=50,
+                                        num_eval_per_level=5, levels=LEVELS)
+  # The held-out questions of these labels tune the first-error threshold.
+  labeling.label_prm(str(workdir), task=task, split="train", num_questions=10, num_solutions=5,
+                     num_rollouts=4, max_new_tokens=40, batch_size=8)
+  results = _evaluate(workdir, task)
+  _check_answer_level(results)
+  assert results["step_checker"] is True and results["task"] == "test_evaluation_arith"
+  assert 0.0 <= results["prm_first_error_auroc"] <= 1.0
+  for key in ("prm_first_error_f1@0.5", "prm_first_error_f1@held_out_threshold"):
+    f1 = results[key]
+    # Kinds 1, 2 and 3 (its extra line) have a wrong step; kinds 0 and 4 have none.
+    assert (f1["num_error"], f1["num_correct"]) == (12, 8)
+    assert 0.0 <= f1["f1"] <= 1.0
+  assert results["prm_first_error_f1@0.5"]["threshold"] == 0.5
+
+
+def test_a_task_without_step_checker_reports_step_metrics_as_null(workdir, capsys):
+  # No labels file either: without a checker there is no threshold to tune.
+  results = _evaluate(workdir, no_step_checker_task("test_evaluation_unchecked"))
+  _check_answer_level(results)
+  assert results["step_checker"] is False
+  for key in ("prm_first_error_auroc", "prm_first_error_f1@0.5",
+              "prm_first_error_f1@held_out_threshold"):
+    assert results[key] is None
+  written = json.loads((workdir / "verifiers_test.json").read_text())
+  assert written["prm_first_error_auroc"] is None and written["pass@1"] == results["pass@1"]
+  assert "no ground-truth step checker" in capsys.readouterr().out
+
+
+def test_a_reward_model_of_another_vocabulary_is_refused(workdir, monkeypatch):
+  codec = workdir_lib.char_codec()
+  monkeypatch.setattr(workdir_lib, "load_policy", lambda source, devices, workdir="": workdir_lib.Policy(
+      None, None, workdir_lib.Codec(codec.encode_prompt, codec.encode, codec.decode,
+                                    codec.eos_id, vocab_size=49152), source, "gguf", None))
+  with pytest.raises(UserError, match="32 token ids but the policy's tokenizer 49152"):
+    _evaluate(workdir, no_step_checker_task("test_evaluation_unchecked"))

@@ -1,0 +1,103 @@
+"""The results of a search sweep: one JSON line per (problem, method, budget, seed).
+
+The one schema that `ttc.search.sweep` writes and `ttc.search.report` reads:
+
+  {"uid", "level", "method", "budget", "seed",
+   "rows": N, "generations": N (k + 1),
+   "answer": str | null, "correct": bool, "complete": rows that ended with EOS,
+   "tokens_generated", "prm_tokens", "rounds", "wall_s", "prm_overflowed"}
+
+budget: the requested generation budget; generations: what the method used (a
+method that cannot use a budget exactly records fewer). tokens_generated /
+prm_tokens: policy tokens sampled / tokens the verifier ran for the problem.
+wall_s: its share of the batch's device seconds (compilation excluded).
+
+Accuracy of a (method, budget) is the mean over problems of the chosen answer's
+correctness (averaged over seeds first), with a 95% percentile-bootstrap interval
+over problems (`ttc.stats`).
+"""
+
+import collections
+import os
+
+import numpy as np
+
+from ttc import resumable, stats
+from ttc.errors import UserError
+
+FIELDS = ("uid", "level", "method", "budget", "seed", "rows", "generations", "answer",
+          "correct", "complete", "tokens_generated", "prm_tokens", "rounds", "wall_s",
+          "prm_overflowed")
+HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+
+
+def record_key(record: dict) -> tuple:
+  """The unit of work a line records: (uid, method, budget, seed)."""
+  return (record["uid"], record["method"], record["budget"], record["seed"])
+
+
+def parse_line(line: bytes, path: str, lineno: int) -> dict:
+  """One result line; UserError naming the file and line if it is not one."""
+  record = resumable.parse_json_line(line, path, lineno, HINT)
+  missing = [k for k in FIELDS if not isinstance(record, dict) or k not in record]
+  if missing:
+    raise UserError(f"{path} line {lineno} lacks {missing}; {HINT}")
+  return record
+
+
+def read_results(path: str) -> list[dict]:
+  """Every record of a results file; UserError for a missing file or a bad line."""
+  if not os.path.exists(path):
+    raise UserError(f"search results {path} not found; run search_sweep first")
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  if lines[-1]:
+    raise UserError(f"{path} line {len(lines)} is cut mid-line; rerun search_sweep")
+  return [parse_line(line, path, n) for n, line in enumerate(lines[:-1], start=1)]
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _per_problem(records):
+  """{(method, budget): {uid: [correct per seed]}} and {uid: level}."""
+  cells = collections.defaultdict(lambda: collections.defaultdict(list))
+  levels = {}
+  for r in records:
+    cells[r["method"], r["budget"]][r["uid"]].append(float(r["correct"]))
+    levels[r["uid"]] = r["level"]
+  return cells, levels
+
+
+def accuracy_table(records, level=None) -> dict:
+  """{method: {budget: (mean, low, high)}} over problems (of one level, if given)."""
+  cells, levels = _per_problem(records)
+  table = collections.defaultdict(dict)
+  for (method, budget), per_uid in cells.items():
+    values = [np.mean(v) for uid, v in per_uid.items() if level in (None, levels[uid])]
+    if values:
+      table[method][budget] = stats.bootstrap_interval(values)
+  return {m: dict(sorted(row.items())) for m, row in table.items()}
+
+
+def format_table(table: dict) -> str:
+  """`accuracy_table` as text: one line per method, one column per budget."""
+  budgets = sorted({b for row in table.values() for b in row})
+  lines = [f"{'method':<14}" + "".join(f"{f'N={b}':<23}" for b in budgets)]
+  for method, row in table.items():
+    lines.append(f"{method:<14}" + "".join(
+        f"{stats.format_interval(*row[b]) if b in row else '-':<23}" for b in budgets))
+  return "\n".join(lines)
+
+
+def format_costs(records) -> str:
+  """Per method and budget: tokens generated, PRM tokens / generated, device s / 1k tokens."""
+  sums = collections.defaultdict(lambda: np.zeros(4))
+  for r in records:
+    sums[r["method"], r["budget"]] += (r["tokens_generated"], r["prm_tokens"], r["wall_s"], 1)
+  lines = [f"{'method':<14}{'budget':>7}{'tokens/problem':>16}{'PRM/generated':>15}"
+           f"{'s per 1k tokens':>17}"]
+  for (method, budget), (gen, prm, wall, n) in sorted(sums.items()):
+    lines.append(f"{method:<14}{budget:>7}{gen / n:>16.0f}{prm / max(gen, 1):>15.3f}"
+                 f"{1000 * wall / max(gen, 1):>17.4f}")
+  return "\n".join(lines)
