@@ -120,14 +120,9 @@ def run(args: argparse.Namespace, out=sys.stdout):
   prompt_ids = [checkpoint.codec.encode_prompt(p, args.chat) for p in args.prompt]
   check_lengths(prompt_ids, args.max_new_tokens, checkpoint)  # Before minutes of loading.
 
-  import flax.linen as nn
   import jax
-
-  from ttc import partitioning
-  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-  rules = partitioning.logical_axis_rules()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    model, params, _ = checkpoint.load_weights(mesh, rules)
+  with workdir.device_context(jax.devices()[:1]) as devices:
+    model, params, _ = checkpoint.load_weights(devices.mesh, devices.rules)
     generated = generate(model, params, prompt_ids, max_new_tokens=args.max_new_tokens,
                          eos_id=checkpoint.codec.eos_id,
                          stop_ids=checkpoint.codec.stop_ids(args.chat),

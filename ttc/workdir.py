@@ -39,13 +39,14 @@ class Devices:
 
 
 @contextlib.contextmanager
-def device_context() -> Iterator[Devices]:
-  """The gin-configured mesh (`make_mesh`) and rules table, made current for the block."""
+def device_context(devices: Optional[Sequence[Any]] = None) -> Iterator[Devices]:
+  """The gin-configured mesh (`make_mesh`, over `devices` or all) and rules table, made
+  current for the block."""
   import flax.linen as nn
   import jax
 
   from ttc import partitioning
-  mesh = partitioning.make_mesh()  # UserError for sizes that do not fit the devices
+  mesh = partitioning.make_mesh(devices=devices)  # UserError for sizes that do not fit
   rules = partitioning.logical_axis_rules()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield Devices(mesh, rules)

@@ -5,7 +5,6 @@ data, compiled step, loop. Resuming after kill -9 restores parameters, optimizer
 state, step and data position, so the result equals an uninterrupted run.
 """
 
-import dataclasses
 import json
 import os
 import time
@@ -21,7 +20,7 @@ import tqdm
 from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc import checkpointing, partitioning
+from ttc import checkpointing, partitioning, workdir as workdir_lib
 from ttc.train import data, optimizer
 
 
@@ -133,9 +132,7 @@ def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
   model = Transformer(model_config)
   tx, schedule = optimizer.make_optimizer(num_steps)
   abstract, shardings, init = abstract_state(model, tx, mesh, rules)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(model_config), f, indent=1)
+  workdir_lib.save_model_config(workdir, model_config)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # Checkpoint: restore the latest, or initialise.
