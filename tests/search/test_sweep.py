@@ -226,3 +226,10 @@ def test_oracle_sweep_checks_each_problem_by_its_own_prompt(tmp_path):
   assert set(table) == {"best_of_n", "beam_m2"}
   settings = json.loads((path / "search_test.settings.json").read_text())
   assert settings["verifier"] == "oracle" and settings["task"] == "oracle_sweep"
+
+
+@pytest.mark.parametrize("overrides", [dict(seeds=()), dict(budgets=()), dict(method_names=()),
+                                       dict(max_problems_per_level=-1)])
+def test_empty_sweeps_are_user_errors(tmp_path, overrides):
+  with pytest.raises(UserError, match="search_sweep needs at least one seed"):
+    sweep.search_sweep(str(tmp_path), task="arith_sft", **overrides)

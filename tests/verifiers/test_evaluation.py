@@ -91,3 +91,12 @@ def test_a_reward_model_of_another_vocabulary_is_refused(workdir, monkeypatch):
                                     codec.eos_id, vocab_size=49152), source, "gguf", None))
   with pytest.raises(UserError, match="32 token ids but the policy's tokenizer 49152"):
     _evaluate(workdir, no_step_checker_task("test_evaluation_unchecked"))
+
+
+@pytest.mark.parametrize("overrides", [dict(ns=()), dict(ns=(0,)), dict(num_samples=0),
+                                       dict(score_batch_size=0)])
+def test_bad_settings_are_user_errors_before_any_work(tmp_path, overrides):
+  kwargs = dict(task="arith_sft", split="test", num_samples=4, ns=(1, 4))
+  kwargs.update(overrides)
+  with pytest.raises(UserError, match="evaluate_verifiers"):
+    evaluation.evaluate_verifiers(str(tmp_path), **kwargs)

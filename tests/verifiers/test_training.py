@@ -177,3 +177,11 @@ def test_cut_labels_file_through_the_driver_is_one_error_line(policy_workdir):
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert "prm_labels.jsonl line 80 is cut mid-line" in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("patience", 0), ("max_length", 0), ("warmup_steps", -1), ("dropout_rate", 1.0),
+    ("learning_rate", 0.0), ("validation_percent", 101), ("batch_size", 0)])
+def test_bad_hyperparameters_are_user_errors(field, value):
+  with pytest.raises(UserError, match=field):
+    training.RewardTraining(**{field: value})

@@ -139,6 +139,9 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
                     "verifier; set search_sweep.verifier = 'prm'")
   if rows_per_batch < 1 or temperature < 0:
     raise UserError("search_sweep.rows_per_batch must be >= 1 and temperature >= 0")
+  if not seeds or not budgets or not method_names or max_problems_per_level < 0:
+    raise UserError("search_sweep needs at least one seed, budget and method, and "
+                    "max_problems_per_level >= 0 (0 = all)")
   configs = {}
   for name in method_names:
     for budget in budgets:

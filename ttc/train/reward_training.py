@@ -64,8 +64,16 @@ class RewardTraining:
   def __post_init__(self):
     if self.labels not in ("soft", "hard"):
       raise UserError(f"RewardTraining.labels must be 'soft' or 'hard', got {self.labels!r}")
-    if self.batch_size < 1 or self.num_steps < 1 or self.eval_every < 1:
-      raise UserError("RewardTraining.batch_size, num_steps and eval_every must be >= 1")
+    if min(self.batch_size, self.num_steps, self.eval_every, self.patience,
+           self.max_length) < 1:
+      raise UserError("RewardTraining.batch_size, num_steps, eval_every, patience and "
+                      "max_length must be >= 1")
+    if self.warmup_steps < 0 or not 0 <= self.dropout_rate < 1 or self.learning_rate <= 0:
+      raise UserError("RewardTraining needs warmup_steps >= 0, 0 <= dropout_rate < 1 and "
+                      "learning_rate > 0")
+    if not 0 <= self.validation_percent <= 100:
+      raise UserError(f"RewardTraining.validation_percent={self.validation_percent} must lie "
+                      "in [0, 100]")
 
 
 @dataclasses.dataclass

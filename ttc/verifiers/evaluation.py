@@ -147,7 +147,11 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
   entries are None where the task has no step checker.
   """
   task = task_lib.get(task)
-  if max(ns) > num_samples or min(ns) < 1:
+  for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens),
+                      ("batch_size", batch_size), ("score_batch_size", score_batch_size)):
+    if value < 1:
+      raise UserError(f"evaluate_verifiers.{name} must be >= 1, got {value}")
+  if not ns or max(ns) > num_samples or min(ns) < 1:
     raise UserError(f"evaluate_verifiers.ns={tuple(ns)} must lie in [1, num_samples="
                     f"{num_samples}]")
   problems = task.select(split, max_problems_per_level)
