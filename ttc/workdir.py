@@ -296,7 +296,16 @@ def load_policy(policy: str, devices: Devices, workdir: str = "") -> Policy:
   return Policy(model, params, checkpoint.codec, policy, checkpoint.kind, step)
 
 
-def load_reward_model(directory: str, devices: Devices):
-  """(RewardModel, params) of a trained PRM / ORM directory (`train_prm` / `train_orm`)."""
+def load_reward_model(directory: str, devices: Devices, codec: Codec):
+  """(RewardModel, params) of a trained PRM / ORM directory (`train_prm` / `train_orm`).
+
+  codec: the policy whose tokens it will read; a reward model trained from another
+  policy would read ids outside its vocabulary, which embedding lookups do not refuse.
+  """
   from ttc.verifiers import reward_model
-  return reward_model.load(directory, devices.mesh, devices.rules)
+  model, params = reward_model.load(directory, devices.mesh, devices.rules)
+  if codec.vocab_size > model.config.vocab_size:
+    raise UserError(f"the reward model in {directory} has {model.config.vocab_size} token ids "
+                    f"but the policy's tokenizer {codec.vocab_size}: use it with the policy it "
+                    "was trained from (the stage's policy setting)")
+  return model, params

@@ -204,3 +204,13 @@ def test_unboxed_answers_are_opt_in(text, want):
   assert MathTask().extract_answer(text) is None  # off by default: \boxed{} only
   assert MathTask(unboxed_answers=True).extract_answer(text) == want
   assert MathTask(unboxed_answers=True).extract_answer(text + " \\boxed{9}") == "9"
+
+
+def test_a_level_of_another_type_is_skipped_like_level_unknown(tmp_path, capsys):
+  rows = [_row(u) for u in ("a", "bb", "ccc", "dddd", "eeeee", "ffffff")]
+  rows[1]["level"] = ["Level 3"]  # unhashable: must not escape as a TypeError
+  rows[2]["level"] = 3
+  task = MathTask(path=_write(tmp_path / "levels.jsonl", rows))
+  kept = task.problems("train") + task.problems("test")
+  assert sorted(p.uid for p in kept) == ["a", "dddd", "eeeee", "ffffff"]
+  assert "skipped 2 problems" in capsys.readouterr().out

@@ -61,7 +61,7 @@ def main():
   with workdir_lib.device_context() as devices:
     loaded = workdir_lib.load_policy(args.policy, devices, args.workdir)
     prm_model, prm_params = workdir_lib.load_reward_model(os.path.join(args.workdir, "prm"),
-                                                          devices)
+                                                          devices, loaded.codec)
     programs = sweep.SearchPrograms(sweep.task_policy(task, loaded), PrmCallbacks(prm_model),
                                     loaded.params, prm_params)
     sampler = samplers.Temperature(jnp.float32(1.0))

@@ -160,7 +160,7 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
     loaded = workdir_lib.load_policy(policy, devices, workdir)
     if verifier == "prm":
       prm_model, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir),
-                                                            devices)
+                                                            devices, loaded.codec)
       prm = PrmCallbacks(prm_model)
     else:
       prm, prm_params = oracle.OracleCallbacks.for_problems(

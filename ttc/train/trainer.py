@@ -21,6 +21,7 @@ from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc.data import task as task_lib
 from ttc.train import data, optimizer
 
 
@@ -107,7 +108,7 @@ def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
   task: a `ttc.data.task.Task` with a seqio task of the same name (e.g.
     `@register_arith_task()`), or that name.
   """
-  task_name = task if isinstance(task, str) else task.name
+  task_name = task_lib.get(task).name  # a name builds its task (and seqio task) first
   # Arguments: checked before any work, so a bad value is one `error:` line, not a
   # traceback from tf.data or a run that trains nothing and leaves no checkpoint.
   counts = dict(num_steps=num_steps, batch_size=batch_size, inputs_length=inputs_length,

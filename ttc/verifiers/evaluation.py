@@ -106,14 +106,6 @@ def _threshold_from_labels(task, codec, prm, prm_params, labels_path, validation
                     f"{e}; label more questions") from None
 
 
-def _check_vocabulary(name: str, model, codec) -> None:
-  """A reward model reads the token ids of the policy it was trained from."""
-  if codec.vocab_size > model.config.vocab_size:
-    raise UserError(f"the {name} has {model.config.vocab_size} token ids but the policy's "
-                    f"tokenizer {codec.vocab_size}: evaluate with the policy it was trained "
-                    "from (evaluate_verifiers.policy)")
-
-
 def _auroc(scores, labels) -> float:
   """AUROC, or NaN where one class is missing (e.g. a weak policy never right)."""
   labels = np.asarray(labels, bool)
@@ -159,13 +151,14 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
   with workdir_lib.device_context() as devices:
     loaded = workdir_lib.load_policy(policy, devices, workdir)
     codec = loaded.codec
+    # The reward models first: a mismatch is refused before minutes of sampling.
+    prm, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir), devices,
+                                                    codec)
+    orm, orm_params = workdir_lib.load_reward_model(os.path.join(workdir, orm_dir), devices,
+                                                    codec)
     solutions = sample_solutions(loaded, task, problems, num_samples=num_samples,
                                  temperature=temperature, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, seed=seed)
-    prm, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir), devices)
-    orm, orm_params = workdir_lib.load_reward_model(os.path.join(workdir, orm_dir), devices)
-    _check_vocabulary("PRM", prm, codec)
-    _check_vocabulary("ORM", orm, codec)
     seqs, ends, lasts = [], [], []
     for problem, rows in zip(problems, solutions):
       s, e, l = _sequences(task, codec, codec.encode_prompt(task.prompt(problem), task.chat),

@@ -51,7 +51,7 @@ def _parse_line(line: str, where: str) -> Optional[task_lib.Problem]:
   missing = [k for k in ("problem", "solution", "level", "unique_id") if k not in row]
   if missing:
     raise UserError(f"{where}: missing key(s) {', '.join(missing)}; {fix}")
-  if row["level"] not in LEVELS:
+  if not isinstance(row["level"], str) or row["level"] not in LEVELS:
     return None
   answer = row.get("answer")
   if answer is None:
