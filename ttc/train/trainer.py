@@ -108,7 +108,6 @@ def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
   task: a `ttc.data.task.Task` with a seqio task of the same name (e.g.
     `@register_arith_task()`), or that name.
   """
-  task_name = task_lib.get(task).name  # a name builds its task (and seqio task) first
   # Arguments: checked before any work, so a bad value is one `error:` line, not a
   # traceback from tf.data or a run that trains nothing and leaves no checkpoint.
   counts = dict(num_steps=num_steps, batch_size=batch_size, inputs_length=inputs_length,
@@ -129,6 +128,7 @@ def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
     raise UserError(f"train.batch_size={batch_size} must be a multiple of the {batch_shards} "
                     f"devices the batch is split over (make_mesh.data x fsdp); set "
                     f"--gin.train.batch_size={-(-batch_size // batch_shards) * batch_shards}")
+  task_name = task_lib.get(task).name  # a name builds its task (and seqio task) first
   # Model and optimizer.
   model = Transformer(model_config)
   tx, schedule = optimizer.make_optimizer(num_steps)
