@@ -85,9 +85,6 @@ class ArithTask(task_lib.Task):
   def answer_key(self, answer: str):
     return arith.answer_key(answer)
 
-  def split_steps(self, text: str) -> list[str]:
-    return arith.split_steps(text)
-
   @property
   def has_step_checker(self) -> bool:
     return True
