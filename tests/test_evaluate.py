@@ -5,9 +5,7 @@ import itertools
 import pytest
 
 from ttc.data import task as task_lib
-from ttc.evaluate import majority_correct, make_sampler
-from ttc.decoding import samplers
-from ttc.errors import UserError
+from ttc.evaluate import majority_correct
 from ttc.stats import pass_at_k
 
 
@@ -60,10 +58,3 @@ PROBLEM = task_lib.Problem(uid="p", question="1+1", answer="2", level=1)
 ])
 def test_majority_vote_groups_answers_with_the_task(answers, want):
   assert majority_correct(_NumberTask(), PROBLEM, answers) is want
-
-
-def test_sampler_from_temperature():
-  assert isinstance(make_sampler(0.0), samplers.Greedy)
-  assert isinstance(make_sampler(0.7), samplers.Temperature)
-  with pytest.raises(UserError):
-    make_sampler(-1.0)

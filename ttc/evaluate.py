@@ -26,14 +26,6 @@ from ttc.errors import UserError
 from ttc.verifiers import aggregation
 
 
-def make_sampler(temperature: float) -> samplers.Sampler:
-  """Greedy at temperature 0, else plain temperature sampling."""
-  if temperature < 0:
-    raise UserError(f"temperature must be >= 0, got {temperature}")
-  return samplers.Greedy() if temperature == 0 else samplers.Temperature(
-      jnp.float32(temperature))
-
-
 def majority_correct(task: task_lib.Task, problem: task_lib.Problem, answers: list) -> bool:
   """Whether the most frequent answer among `answers` (None = no answer) is right."""
   ids = np.asarray(task.answer_ids(answers), np.int32)
@@ -76,7 +68,9 @@ def evaluate(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "te
     raise UserError("evaluate.max_problems and max_problems_per_level must be >= 0 (0 = all)")
   if not ks or max(ks) > num_samples or min(ks) < 1:
     raise UserError(f"evaluate.ks={tuple(ks)} must lie in [1, num_samples={num_samples}]")
-  sampler = make_sampler(temperature)
+  if temperature < 0:
+    raise UserError(f"evaluate.temperature must be >= 0 (0 = greedy), got {temperature}")
+  sampler = samplers.Temperature(jnp.float32(temperature))  # greedy at 0
   problems = task.select(split, max_problems_per_level)
   problems = problems[:max_problems] if max_problems else problems
   output_name = output_name or f"eval_{split}"

@@ -47,6 +47,7 @@ def _import_configurables():
   from ttc.data import task
   task.import_builtin_tasks()
   import ttc.evaluate  # noqa: F401
+  import ttc.revision.data  # noqa: F401
   import ttc.search.report  # noqa: F401
   import ttc.search.sweep  # noqa: F401
   import ttc.train.reward_training  # noqa: F401

@@ -9,7 +9,9 @@ a rerun with other settings from mixing two experiments in one file.
 
 import json
 import os
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
+
+import tqdm
 
 from ttc.errors import UserError
 
@@ -65,21 +67,55 @@ def append_lines(path: str, records: list[dict]) -> None:
     os.fsync(f.fileno())
 
 
+def append_in_chunks(path: str, problems: Sequence, chunk_size: int, done: set,
+                     compute: Callable[[int, list], list[dict]], desc: str) -> None:
+  """Appends the records of `problems` not in `done`, `chunk_size` problems at a time.
+
+  compute(chunk_index, chunk) -> one record per problem of the chunk (with its "uid"),
+  called only for chunks with a problem not done; it should be a pure function of its
+  arguments (e.g. draw from fold_in(key, chunk_index)), so a chunk cut by kill -9 is
+  recomputed identically and only its missing records are appended.
+  """
+  with tqdm.tqdm(total=len(problems), desc=desc, unit="question", disable=None) as progress:
+    for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
+      chunk = list(problems[start:start + chunk_size])
+      if any(p.uid not in done for p in chunk):
+        append_lines(path, [r for r in compute(chunk_index, chunk) if r["uid"] not in done])
+      progress.update(len(chunk))
+
+
+def settings_path(path: str) -> str:
+  """Where the settings of the results file `path` are kept: `<name>.settings.json`."""
+  return os.path.splitext(path)[0] + ".settings.json"
+
+
+def read_settings(path: str) -> dict:
+  """The settings the results file `path` was written with ({} if none were recorded)."""
+  pinned = settings_path(path)
+  if not os.path.exists(pinned):
+    return {}
+  with open(pinned) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserError(f"cannot parse {pinned} ({e}); delete it and {path}, and rerun the "
+                      "stage that wrote them") from None
+
+
 def pin_settings(path: str, settings: dict, resuming: bool, rename_hint: str) -> None:
-  """Records `settings` in `<name>.settings.json` beside `path`; on resume, they must match.
+  """Records `settings` in `settings_path(path)`; on resume, they must match.
 
   rename_hint: how to start a separate file instead (e.g. the gin binding to change).
   """
-  settings_path = os.path.splitext(path)[0] + ".settings.json"
-  if resuming and os.path.exists(settings_path):
-    with open(settings_path) as f:
-      before = json.load(f)
+  pinned = settings_path(path)
+  if resuming and os.path.exists(pinned):
+    before = read_settings(path)
     changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
     if changed:
       diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
       raise UserError(f"{path} was written with other settings ({diff}); delete it (and "
-                      f"{settings_path}) or {rename_hint}")
-  tmp = settings_path + ".tmp"
+                      f"{pinned}) or {rename_hint}")
+  tmp = pinned + ".tmp"
   with open(tmp, "w") as f:
     json.dump(settings, f, indent=1)
-  os.replace(tmp, settings_path)
+  os.replace(tmp, pinned)

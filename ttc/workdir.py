@@ -17,13 +17,18 @@ A policy can come from four kinds of source, wherever a stage or the CLI expects
       ids = policy.codec.encode_prompt(task.prompt(problem), task.chat)
 """
 
+import bisect
 import contextlib
 import dataclasses
+import functools
 import json
 import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from ttc.errors import UserError
+
+if TYPE_CHECKING:
+  from ttc.decoding import sampling
 
 MODEL_CONFIG = "model_config.json"
 CHECKPOINTS = "checkpoints"
@@ -64,7 +69,8 @@ class Codec:
   encode(text) -> ids of continuation text, no special tokens.
   decode(ids) -> text; special tokens produce none.
   eos_id: ends a solution (-1: none). chat_stop_ids: end-of-turn ids that also end one
-  under chat (e.g. `<|im_end|>`).
+  under chat (e.g. `<|im_end|>`). `stop_rule` makes of them, and of a step delimiter,
+  what the decode loop stops rows by.
   """
 
   encode_prompt: Callable[[str, bool], list[int]]
@@ -73,28 +79,78 @@ class Codec:
   eos_id: int
   chat_stop_ids: tuple[int, ...] = ()
   vocab_size: int = 0
+  # text -> (encode(text), [(start, stop) character span of each id]); None: derived
+  # by encoding prefixes, for a tokenizer that reports no offsets.
+  encode_with_offsets: Optional[Callable[[str], tuple[list[int], list[tuple[int, int]]]]] = None
+
+  def token_index_of_char(self, text: str, chars: Sequence[int]) -> list[int]:
+    """For each character index of `chars`, the index in `encode(text)` of the token that
+    holds it (len(encode(text)) for an index at or past the end: the EOS after the text).
+
+    A BPE tokenizer may merge across a boundary that a prefix alone would split (SmolLM2
+    writes "\n\n\n" as "\n\n" + "\n"), so positions come from the whole text's
+    token spans where the tokenizer reports them.
+    """
+    if self.encode_with_offsets is None:
+      return [len(self.encode(text)) if c >= len(text) else len(self.encode(text[:c + 1])) - 1
+              for c in chars]
+    ids, spans = self.encode_with_offsets(text)
+    starts = [start for start, _ in spans]
+    # The last token starting at or before the character: its span holds it (a
+    # tokenizer that trims whitespace from spans may leave a gap, which this bridges).
+    return [len(ids) if c >= len(text) else max(bisect.bisect_right(starts, c) - 1, 0)
+            for c in chars]
+
+  def end_id(self, chat: bool) -> int:
+    """The id that ends a finished solution, where a verifier reads its final score:
+    EOS, or (a tokenizer without one) the chat's end of turn."""
+    if self.eos_id >= 0:
+      return self.eos_id
+    if self.stop_ids(chat):
+      return self.stop_ids(chat)[0]
+    raise UserError("the policy's tokenizer has no EOS token to end a solution with; use a "
+                    "checkpoint that defines one")
 
   def stop_ids(self, chat: bool) -> tuple[int, ...]:
     """Ids besides EOS that end a solution."""
     return self.chat_stop_ids if chat else ()
 
-  def step_ids(self, delimiter: str) -> tuple[int, ...]:
-    """Ids of the tokens whose text ends with the step delimiter: a step ends after one.
+  @functools.cached_property
+  def token_texts(self) -> tuple[str, ...]:
+    """The text of each id alone ("" for special tokens), decoded once per codec."""
+    return tuple(self.decode([i]) for i in range(self.vocab_size))
 
-    A character vocabulary has one (the delimiter itself); a BPE vocabulary has several
-    (".\\n\\n", "\\n\\n", ...). Found once by decoding every id. A BPE tokenizer may
-    also write the delimiter as several tokens (SmolLM2 encodes "x.\\n\\nSo" with two
-    "\\n" tokens), which single stop ids cannot see: step search on such a model
-    needs a one-token delimiter (e.g. "\\n") or a multi-token stop rule.
+  def stop_rule(self, chat: bool, delimiter: Optional[str] = None) -> "sampling.StopRule":
+    """What stops a row: EOS (and, under chat, the end of turn) ends the solution; with
+    a `delimiter`, a step ends with it.
+
+    A step ends at a token whose text ends with the delimiter (a character vocabulary
+    has one, the delimiter itself; a BPE vocabulary several: "\\n\\n", " \\n\\n",
+    ...), or at a pair of tokens that splits it: SmolLM2 usually writes the blank line
+    of "x.\\n\\nSo" as "\\n" + "\\n". For each split delimiter[:k] + delimiter[k:], a
+    token ending with the first part (and not a step id already) followed by one
+    starting with the second ends a step. The head of a pair may carry text past the
+    delimiter ("\\n" + "\\n   "); a split into three or more tokens is not seen.
     """
-    direct = self.encode(delimiter)
-    if len(direct) == 1 and self.vocab_size <= 256:
-      return tuple(direct)
-    found = [i for i in range(self.vocab_size) if self.decode([i]).endswith(delimiter)]
-    if not found:
-      raise UserError(f"no token of this checkpoint's vocabulary ends with the step "
-                      f"delimiter {delimiter!r}")
-    return tuple(found)
+    from ttc.decoding import sampling  # jax: imported only where a rule is built.
+    end_ids = ((self.eos_id,) if self.eos_id >= 0 else ()) + self.stop_ids(chat)
+    if delimiter is None:
+      return sampling.StopRule(end_ids=end_ids)
+    if not delimiter:
+      raise UserError("the step delimiter is empty; give the task a delimiter such as '\\n'")
+    texts = self.token_texts
+    step_ids = tuple(i for i, text in enumerate(texts) if text.endswith(delimiter))
+    pairs = []
+    for k in range(1, len(delimiter)):
+      tails = tuple(i for i, text in enumerate(texts)
+                    if text.endswith(delimiter[:k]) and not text.endswith(delimiter))
+      heads = tuple(i for i, text in enumerate(texts) if text.startswith(delimiter[k:]))
+      if tails and heads:
+        pairs.append((tails, heads))
+    if not step_ids and not pairs:
+      raise UserError(f"no token or pair of tokens of this checkpoint's vocabulary can end "
+                      f"the step delimiter {delimiter!r}; use a task with another delimiter")
+    return sampling.StopRule(end_ids=end_ids, step_ids=step_ids, step_pairs=tuple(pairs))
 
 
 def char_codec() -> Codec:
@@ -109,7 +165,11 @@ def char_codec() -> Codec:
                       "checkpoint)")
     return vocab.encode_prompt(text)
 
+  def encode_with_offsets(text: str):
+    return char_vocab.encode(text), [(i, i + 1) for i in range(len(text))]
+
   return Codec(encode_prompt=encode_prompt, encode=char_vocab.encode,
+               encode_with_offsets=encode_with_offsets,
                decode=lambda ids: char_vocab.decode([int(i) for i in ids]),
                eos_id=vocab.EOS_ID, vocab_size=char_vocab.vocab_size)
 
@@ -136,9 +196,14 @@ def _text_codec(tokenizer, add_bos: Optional[bool]) -> Codec:
 
   im_end = tokenizer.tokenizer.token_to_id("<|im_end|>")
   stop_ids = (im_end,) if im_end is not None and im_end != tokenizer.eos_id else ()
+  def encode_with_offsets(text: str):
+    encoding = tokenizer.tokenizer.encode(text, add_special_tokens=False)
+    return encoding.ids, encoding.offsets
+
   return Codec(encode_prompt=encode_prompt,
                encode=lambda text: tokenizer.tokenizer.encode(text,
                                                               add_special_tokens=False).ids,
+               encode_with_offsets=encode_with_offsets,
                decode=tokenizer.decode,
                eos_id=-1 if tokenizer.eos_id is None else int(tokenizer.eos_id),
                chat_stop_ids=stop_ids, vocab_size=tokenizer.tokenizer.get_vocab_size())
@@ -151,7 +216,7 @@ def _text_codec(tokenizer, add_bos: Optional[bool]) -> Codec:
 class Checkpoint:
   """A recognised policy checkpoint; weights are loaded only by `load_weights`.
 
-  kind: "gguf" | "hf" | "workdir". context: the longest prompt + generation the model
+  kind: "gguf" | "hf" | "workdir". config: the `ModelConfig` of its weights. context: the longest prompt + generation the model
   supports, in tokens (None: unknown or set per call, as for work dirs).
   load_weights(mesh, rules) -> (Transformer, {"params": ...}, training step or None).
   """
@@ -159,6 +224,7 @@ class Checkpoint:
   path: str
   kind: str
   codec: Codec
+  config: Any
   context: Optional[int]
   context_source: str  # the metadata key `context` came from, for error messages
   load_weights: Callable[[Any, Any], tuple[Any, Any, Optional[int]]]
@@ -185,7 +251,7 @@ def open_checkpoint(source: str) -> Checkpoint:
                       "directories may be HF checkpoints or ttc work dirs")
     from ttc.models import gguf_loader, tokenizer as tokenizer_lib
     reader = gguf_loader.open_gguf(path)
-    gguf_loader.config_from_gguf(reader)  # Refuses non-llama files before weights load.
+    config = gguf_loader.config_from_gguf(reader)  # Refuses non-llama files before weights.
     tokenizer = tokenizer_lib.tokenizer_from_gguf(reader)
     field = reader.get_field("tokenizer.ggml.add_bos_token")
     add_bos = bool(field.contents()) if field is not None else False
@@ -198,7 +264,7 @@ def open_checkpoint(source: str) -> Checkpoint:
       config, params, _ = gguf_loader.load_gguf(path, mesh, rules)
       return Transformer(config), params, None
 
-    return Checkpoint(path, "gguf", _text_codec(tokenizer, add_bos), context,
+    return Checkpoint(path, "gguf", _text_codec(tokenizer, add_bos), config, context,
                       "llama.context_length", load_gguf)
 
   if os.path.exists(os.path.join(path, "config.json")):
@@ -208,7 +274,7 @@ def open_checkpoint(source: str) -> Checkpoint:
         hf = json.load(f)
       except json.JSONDecodeError as e:
         raise UserError(f"cannot parse {path}/config.json ({e}); download it again") from None
-    hf_loader.config_from_hf(hf)  # Refuses unsupported architectures before weights load.
+    config = hf_loader.config_from_hf(hf)  # Refuses unsupported architectures before weights.
     tokenizer = tokenizer_lib.tokenizer_from_hf(path)
 
     def load_hf(mesh, rules):
@@ -217,7 +283,7 @@ def open_checkpoint(source: str) -> Checkpoint:
       return Transformer(config), params, None
 
     context = hf.get("max_position_embeddings")
-    return Checkpoint(path, "hf", _text_codec(tokenizer, add_bos=None),
+    return Checkpoint(path, "hf", _text_codec(tokenizer, add_bos=None), config,
                       None if context is None else int(context), "max_position_embeddings",
                       load_hf)
 
@@ -226,7 +292,8 @@ def open_checkpoint(source: str) -> Checkpoint:
     def load_workdir(mesh, rules):
       return load_trained_policy(path, mesh, rules)
 
-    return Checkpoint(path, "workdir", char_codec(), None, "", load_workdir)
+    return Checkpoint(path, "workdir", char_codec(), load_model_config(path), None, "",
+                      load_workdir)
 
   raise UserError(f"unknown checkpoint kind {path}: a directory needs config.json (Hugging "
                   f"Face) or {MODEL_CONFIG} (ttc work dir)")

@@ -106,6 +106,17 @@ def test_interface_answers_steps_and_checker():
   assert task.vocabulary() == vocab.CharVocabulary()
 
 
+def test_revision_prompt_closes_each_attempt_with_a_bar_line():
+  task = arith_task.ArithTask()
+  problem = task_lib.Problem(uid="u", question="2*3+1", answer="7", level=2)
+  attempts = ["2*3=6|6+1\n6+1=8|8\n\\boxed{8}\n", "\\boxed{5}"]
+  text = task.revision_prompt(problem, attempts)
+  assert text == "2*3+1\n2*3=6|6+1\n6+1=8|8\n\\boxed{8}\n|\n\\boxed{5}\n|\n"
+  assert "|" not in arith.split_steps(attempts[0])  # no solution line is a bare "|"
+  assert vocab.UNK_ID not in vocab.CharVocabulary().encode(text)
+  assert task.revision_prompt(problem, []) == task.prompt(problem)
+
+
 def test_the_default_task_is_reachable_by_name():
   assert task_lib.get("arith_sft").name == "arith_sft"
 

@@ -81,6 +81,29 @@ def test_select_takes_the_first_of_each_level():
   assert len(_Blank().select("test")) == 9
 
 
+def test_select_in_turns_takes_one_of_each_level_in_turn():
+  # Levels of u0..u8: 1 2 3 1 2 3 1 2 3; a prefix covers every level.
+  assert [p.uid for p in _Blank().select_in_turns("test", 4)] == ["u0", "u1", "u2", "u3"]
+
+  class Uneven(_Blank):
+    def problems(self, split):
+      return [task_lib.Problem(uid=f"u{i}", question="q", answer="0", level=level)
+              for i, level in enumerate([2, 2, 2, 1, 3])]
+
+  assert [p.uid for p in Uneven().select_in_turns("test")] == ["u0", "u3", "u4", "u1", "u2"]
+  assert len(Uneven().select_in_turns("test", 0)) == 5
+
+
+def test_default_revision_prompt_shows_every_attempt_it_is_given():
+  task, problem = _Blank(), _Blank().problems("test")[0]
+  assert task.revision_prompt(problem, []) == task.prompt(problem)
+  text = task.revision_prompt(problem, [f"try {i}\n" for i in range(6)])
+  assert text.startswith(task.prompt(problem) + "\n\n")
+  # Truncation to the last four is ttc.revision.context's, not the task's.
+  positions = [text.index(f"Attempt {i + 1}:\ntry {i}\n\n") for i in range(6)]
+  assert positions == sorted(positions)
+
+
 def test_default_has_no_step_checker():
   task = _Blank()
   assert not task.has_step_checker and task.step_correctness(None, "x") is None

@@ -214,3 +214,113 @@ def test_sample_prompts_compiles_once_per_bucket(policy):
   # Padding neither changes the real rows nor leaks into them.
   np.testing.assert_array_equal(second.tokens_BxG, first.tokens_BxG[:2])
   np.testing.assert_array_equal(third.tokens_BxG[2:], first.tokens_BxG[:2])
+
+
+def _scripted_decode(script_BxS, stops, max_new_tokens, position_B=None, budget_B=None):
+  """`sampling.decode` under greedy with a fake model that emits row b's script:
+  the token after position p is script_BxS[b, p + 1] (positions start at 0 unless
+  given). Returns (Samples, Continuation)."""
+  script_BxS = jnp.asarray(script_BxS, jnp.int32)
+  batch, length = script_BxS.shape
+  vocab = int(script_BxS.max()) + 1
+  logits_at = lambda position_B: jax.nn.one_hot(
+      jnp.take_along_axis(script_BxS, jnp.clip(position_B, 0, length - 1)[:, None], axis=1)[:, 0],
+      vocab) * 10.0
+
+  def step(token_B, position_B, cache):
+    return logits_at(position_B + 1), cache
+
+  position_B = jnp.zeros((batch,), jnp.int32) if position_B is None else position_B
+  return sampling.decode(step, jnp.zeros(()), logits_at(position_B), position_B,
+                         jax.random.key(0), samplers.Greedy(), max_new_tokens, stops, 0,
+                         budget_B)
+
+
+def test_a_pair_written_within_the_call_ends_a_step_and_end_ids_end_the_solution():
+  tail, head, step_id, end, turn_end = 2, 3, 4, 1, 7
+  stops = sampling.StopRule(end_ids=(end, turn_end), step_ids=(step_id,),
+                            step_pairs=(((tail,), (head,)),))
+  script = [[head, 5, tail, head, 6, 6],  # a head first ends nothing; the pair ends the step
+            [5, end, 6, 6, 6, 6],  # EOS
+            [tail, 5, head, step_id, 6, 6],  # tail and head apart: no pair; the step id ends
+            [6, 5, 6, 5, 6, 5],  # nothing ends it
+            [5, turn_end, 6, 6, 6, 6],  # a chat's end of turn ends the solution like EOS
+            [tail, end, 6, 6, 6, 6]]  # a tail then an end id: the end wins
+  out, _ = _scripted_decode(script, stops, max_new_tokens=5)
+  R = sampling.StopReason
+  assert np.asarray(out.lengths_B).tolist() == [4, 2, 4, 5, 2, 2]
+  assert np.asarray(out.stop_reason_B).tolist() == [R.STOP_TOKEN, R.EOS, R.STOP_TOKEN,
+                                                    R.MAX_NEW_TOKENS, R.EOS, R.EOS]
+  np.testing.assert_array_equal(np.asarray(out.tokens_BxG)[0], [head, 5, tail, head, 0])
+  # Without its steps the rule only ends solutions.
+  out, _ = _scripted_decode(script, stops.without_steps(), max_new_tokens=5)
+  assert np.asarray(out.lengths_B).tolist() == [5, 2, 5, 5, 2, 2]
+
+
+def test_a_step_never_ends_on_its_first_token_because_of_the_previous_steps_last():
+  """Call 1 stops on a tail (its budget); call 2 starts with a head: no pair, since
+  the tail belongs to the earlier call."""
+  tail, head = 2, 3
+  stops = sampling.StopRule(step_pairs=(((tail,), (head,)),))
+  script = [[5, tail, head, 6, tail, head, 6, 6]]
+  first, cont = _scripted_decode(script, stops, max_new_tokens=4,
+                                 budget_B=jnp.array([2], jnp.int32))
+  assert int(first.lengths_B[0]) == 2
+  assert int(first.stop_reason_B[0]) == sampling.StopReason.MAX_NEW_TOKENS
+  second, _ = _scripted_decode(script, stops, max_new_tokens=6,
+                               position_B=cont.next_position_B)
+  assert np.asarray(second.tokens_BxG)[0, :4].tolist() == [head, 6, tail, head]
+  assert int(second.lengths_B[0]) == 4
+  assert int(second.stop_reason_B[0]) == sampling.StopReason.STOP_TOKEN
+
+
+def test_stop_rule_of_eos_and_stop_ids_is_hashable_and_plain():
+  rule = sampling.StopRule.of(np.int32(1), (np.int64(7),))
+  assert rule == sampling.StopRule(end_ids=(1,), step_ids=(7,))
+  assert hash(rule) == hash(sampling.StopRule(end_ids=(1,), step_ids=(7,)))
+  assert sampling.StopRule.of(-1) == sampling.StopRule()
+  assert rule.without_steps() == sampling.StopRule(end_ids=(1,))
+  with pytest.raises(ValueError, match=">= 0"):
+    sampling.StopRule(step_pairs=(((-1,), (3,)),))
+
+
+def test_sample_n_with_suffix_greedy_equals_sample_on_prefix_plus_suffix(policy):
+  model, params = policy
+  prefixes = [[5, 6, 7], [8, 9, 10, 11, 12]]
+  suffixes = [[13], [14, 15, 16], [17, 18],  # prefix 0: suffixes of 1 to 3 tokens
+              [19, 20, 21, 22], [23], [5, 6]]  # prefix 1
+  n = 3
+  prefix_tokens, prefix_lengths = sampling.left_pad(prefixes, 6)
+  suffix_tokens, suffix_lengths = sampling.left_pad(suffixes, 4)
+  shared = sampling.sample_n_with_suffix(
+      model, params, prefix_tokens, prefix_lengths, suffix_tokens, suffix_lengths,
+      jax.random.key(0), samplers.Greedy(), num_samples=n, max_new_tokens=6, eos_id=EOS)
+  whole = [prefixes[b // n] + s for b, s in enumerate(suffixes)]
+  tokens, lengths = sampling.left_pad(whole, 10)
+  alone = sampling.sample(model, params, tokens, lengths, jax.random.key(0), samplers.Greedy(),
+                          max_new_tokens=6, eos_id=EOS)
+  np.testing.assert_array_equal(shared.tokens_BxG, alone.tokens_BxG)
+  np.testing.assert_array_equal(shared.lengths_B, alone.lengths_B)
+  np.testing.assert_array_equal(shared.stop_reason_B, alone.stop_reason_B)
+  np.testing.assert_allclose(shared.logprobs_BxG, alone.logprobs_BxG, atol=1e-5, rtol=1e-5)
+  # Rows of one prefix really continue different prompts.
+  assert len({tuple(r) for r in np.asarray(shared.tokens_BxG)[:n].tolist()}) > 1
+
+
+def test_sample_with_suffixes_pads_rows_and_compiles_once_per_bucket(policy):
+  model, params = policy
+  draw = lambda prefixes, suffixes: sampling.sample_with_suffixes(
+      model, params, prefixes, suffixes, jax.random.key(0), samplers.Greedy(), num_samples=2,
+      max_new_tokens=4, eos_id=EOS)
+  # 3 prefixes -> bucket 4; suffixes of <= 3 tokens -> bucket 4; row 1 is padding.
+  first = draw([[5, 6], [7], [8, 9, 10]], [[11], None, [12, 13], [14], [15, 16, 17], [5]])
+  compiled = sampling.sample_n_with_suffix._cache_size()
+  second = draw([[8, 9, 10], [5, 6], [1]], [[15, 16, 17], [5], [11], [2, 3, 4], [9], [9]])
+  assert sampling.sample_n_with_suffix._cache_size() == compiled  # same buckets
+  assert first.tokens_BxG.shape == (6, 4)
+  assert int(first.lengths_B[1]) == 0 and np.all(np.asarray(first.tokens_BxG)[1] == 0)
+  # A row depends only on its own prefix + suffix, not on its neighbours or padding.
+  np.testing.assert_array_equal(second.tokens_BxG[:2], first.tokens_BxG[4:])
+  np.testing.assert_array_equal(second.tokens_BxG[2], first.tokens_BxG[0])
+  with pytest.raises(ValueError, match=">= 1 token"):
+    draw([[5]], [[6], []])

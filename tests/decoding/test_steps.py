@@ -34,7 +34,7 @@ def _run_steps(model, params, state, num_steps, step_ids, sampler, seed=0, max_s
   for i in range(num_steps):
     out, state = steps.continue_until_step(
         model, params, state, jax.random.key(seed + i), sampler, max_step_tokens=max_step_tokens,
-        step_ids=step_ids, eos_id=-1)
+        stops=sampling.StopRule(step_ids=step_ids))
     tokens, lengths = np.asarray(out.tokens_BxG), np.asarray(out.lengths_B)
     for b, row in enumerate(rows):
       row.extend(tokens[b, :lengths[b]].tolist())
@@ -158,8 +158,8 @@ def test_undersized_slots_cut_a_row_and_finish_it(policy):
   state = steps.take_rows(state.replace(finished_B=jnp.array([True, False])),
                           jnp.zeros((2, 1), jnp.int32))
   out, state = steps.continue_until_step(model, params, state, jax.random.key(0),
-                                         samplers.Greedy(), max_step_tokens=8, step_ids=(),
-                                         eos_id=-1)
+                                         samplers.Greedy(), max_step_tokens=8,
+                                         stops=sampling.StopRule())
   assert int(out.lengths_B[1]) == 0 and bool(state.finished_B[1])
   assert int(state.cache.end) == 12  # nothing written past the last slot
 
@@ -168,15 +168,38 @@ def test_eos_finishes_a_row_for_good(policy):
   model, params = policy
   state = _start(model, params, num_rows=1, max_tokens=40)
   _, state = steps.continue_until_step(model, params, state, jax.random.key(0),
-                                       samplers.Greedy(), max_step_tokens=5, step_ids=(),
-                                       eos_id=-1)
+                                       samplers.Greedy(), max_step_tokens=5,
+                                       stops=sampling.StopRule())
   # Call row 0's next greedy token EOS, so the next step ends the row at once.
   eos = [int(t) for t in np.argmax(np.asarray(state.next_logits_BxV), axis=-1)]
   out, state = steps.continue_until_step(model, params, state, jax.random.key(0),
-                                         samplers.Greedy(), max_step_tokens=5, step_ids=(),
-                                         eos_id=eos[0])
+                                         samplers.Greedy(), max_step_tokens=5,
+                                         stops=sampling.StopRule(end_ids=(eos[0],)))
   assert out.stop_reason_B[0] == sampling.StopReason.EOS and bool(state.finished_B[0])
   out, state = steps.continue_until_step(model, params, state, jax.random.key(0),
-                                         samplers.Greedy(), max_step_tokens=5, step_ids=(),
-                                         eos_id=eos[0])
+                                         samplers.Greedy(), max_step_tokens=5,
+                                         stops=sampling.StopRule(end_ids=(eos[0],)))
   assert int(out.lengths_B[0]) == 0 and int(out.stop_reason_B[0]) == 0
+
+
+def test_a_pair_ends_a_step_only_when_the_step_wrote_both_tokens(policy):
+  """The delimiter as two tokens (a, b), read off row 0's greedy text: a step ends
+  right after them; a step that starts with b after one that ended on a does not."""
+  model, params = policy
+  tokens, lengths = sampling.left_pad(PROMPTS, 6)
+  long = np.asarray(sampling.sample(model, params, tokens, lengths, jax.random.key(0),
+                                    samplers.Greedy(), max_new_tokens=20, eos_id=-1).tokens_BxG[0])
+  a, b = int(long[2]), int(long[3])
+  first = next(i for i in range(19) if (long[i], long[i + 1]) == (a, b))
+  stops = sampling.StopRule(step_pairs=(((a,), (b,)),))
+  step = lambda state, n: steps.continue_until_step(model, params, state, jax.random.key(0),
+                                                    samplers.Greedy(), max_step_tokens=n,
+                                                    stops=stops)
+  out, _ = step(_start(model, params, num_rows=1, max_tokens=40), 20)
+  assert int(out.lengths_B[0]) == first + 2
+  assert int(out.stop_reason_B[0]) == sampling.StopReason.STOP_TOKEN
+  # A step cut right after a; the next one starts with b and goes on.
+  out, state = step(_start(model, params, num_rows=1, max_tokens=40), first + 1)
+  assert int(out.tokens_BxG[0, first]) == a
+  out, _ = step(state, 4)
+  assert int(out.tokens_BxG[0, 0]) == b and int(out.lengths_B[0]) > 1

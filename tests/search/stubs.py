@@ -148,5 +148,6 @@ def random_models(delimiter: int, eos: int, config: ModelConfig = TINY_CONFIG):
   policy_params = partitioning.init_params(policy, jax.random.key(1))
   prm_params = partitioning.init_params(prm, jax.random.key(2))
   prm_params["params"]["value_head"]["kernel"] *= 100.0  # spread scores over (0, 1)
-  return (PolicyCallbacks(policy, (delimiter,), eos), PrmCallbacks(prm, chunk=4),
+  stops = sampling.StopRule(end_ids=(eos,), step_ids=(delimiter,))
+  return (PolicyCallbacks(policy, stops), PrmCallbacks(prm, chunk=4),
           policy_params, prm_params)

@@ -1,5 +1,6 @@
 """Search through the real callbacks: tiny random policy and PRM (ttc.search.callbacks)."""
 
+import dataclasses
 import inspect
 import typing
 
@@ -118,7 +119,7 @@ def test_real_callbacks_and_stubs_fill_the_protocols_that_search_names():
                                                     "finish", "take_rows"}
   assert set(_contract(callbacks.SearchVerifier)) == {"start", "score", "overflowed",
                                                       "take_rows"}
-  policies = [PolicyCallbacks(Transformer(CONFIG), (DELIMITER,), EOS),
+  policies = [PolicyCallbacks(Transformer(CONFIG), sampling.StopRule.of(EOS, (DELIMITER,))),
               stubs.StubPolicy(depth=2, num_choices=2)]
   verifiers = [PrmCallbacks(reward_model.RewardModel(CONFIG)),
                oracle.OracleCallbacks.for_problems(arith_task.ArithTask(), workdir.char_codec(),
@@ -149,7 +150,9 @@ def test_chat_stop_ids_end_a_solution_like_eos(models):
   # An end-of-turn id that this seed's plain samples emit: it must end those solutions.
   emitted = np.asarray(plain.tokens_BxG)[np.arange(24) < np.asarray(plain.lengths_B)[:, None]]
   stop = int(next(t for t in emitted if t not in (EOS, DELIMITER, 0)))
-  chat = PolicyCallbacks(policy.model, (DELIMITER,), EOS, stop_ids=(stop,))
+  # The end of turn is an end id beside EOS, as `Codec.stop_rule(chat=True, ...)` makes it.
+  chat = PolicyCallbacks(policy.model, dataclasses.replace(policy.stops,
+                                                           end_ids=(EOS, stop)))
   for name in ("best_of_n", "beam_m2"):
     got = _search((chat, prm, policy_params, prm_params), name, 4, seed=3, sampler=sampler)
     tokens_QxNxW, lengths_QxN = np.asarray(got.tokens_QxNxW), np.asarray(got.lengths_QxN)

@@ -52,7 +52,7 @@ def workdir(tmp_path):
   prm = reward_model.RewardModel(POLICY_CONFIG)
   params = partitioning.init_params(prm, jax.random.key(5))
   params["params"]["value_head"]["kernel"] *= 100.0  # spread the scores over (0, 1)
-  reward_model.save_config(str(path / "prm"), POLICY_CONFIG)
+  workdir_lib.save_model_config(str(path / "prm"), POLICY_CONFIG)
   mngr = checkpointing.manager(str(path / "prm" / "best"), keep=1)
   checkpointing.save(mngr, 1, {"params": params}, 1)
   mngr.close()

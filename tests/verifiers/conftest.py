@@ -33,3 +33,31 @@ def write_policy_workdir(path, config: ModelConfig = POLICY_CONFIG, seed: int = 
 @pytest.fixture
 def policy_workdir(tmp_path):
   return write_policy_workdir(tmp_path / "work")
+
+
+def write_tiny_hf_policy(directory, alphabet: str, seed: int = 0) -> str:
+  """A random HF Llama whose BPE tokenizer covers `alphabet` and merges a digit with the
+  newline after it ("7\\n") and "\\boxed" into single tokens, so its token indices are
+  not character indices. Vocabulary: <unk> <s> </s>, the characters, the merges."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from tokenizers import Tokenizer, decoders, models
+
+  merges = [(d, "\n") for d in "0123456789"]
+  boxed = "\\boxed"
+  merges += [(boxed[:i], boxed[i]) for i in range(1, len(boxed))]
+  words = ["<unk>", "<s>", "</s>"] + list(alphabet) + ["".join(m) for m in merges]
+  tok = Tokenizer(models.BPE({w: i for i, w in enumerate(words)}, merges, unk_token="<unk>"))
+  tok.decoder = decoders.Fuse()
+  tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+  directory.mkdir(parents=True, exist_ok=True)
+  tok.save(str(directory / "tokenizer.json"))
+  (directory / "tokenizer_config.json").write_text(
+      json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(
+      vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+      tie_word_embeddings=False, max_position_embeddings=256)
+  transformers.LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+  return str(directory)

@@ -30,7 +30,7 @@ def workdir(tmp_path, monkeypatch):
     model = reward_model.RewardModel(POLICY_CONFIG)
     params = partitioning.init_params(model, jax.random.key(seed))
     params["params"]["value_head"]["kernel"] *= 100.0  # spread the scores over (0, 1)
-    reward_model.save_config(str(tmp_path / name), POLICY_CONFIG)
+    workdir_lib.save_model_config(str(tmp_path / name), POLICY_CONFIG)
     mngr = checkpointing.manager(str(tmp_path / name / "best"), keep=1)
     checkpointing.save(mngr, 1, {"params": params}, 1)
     mngr.close()

@@ -1,6 +1,7 @@
 """Reward model training: targets land on the right tokens, a learnable signal is learnt,
 early stopping keeps the best parameters, and kill -9 then resume == uninterrupted."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,11 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from ttc import partitioning, workdir as workdir_lib
-from ttc.data import arith, arith_task, vocab
+from ttc import partitioning, resumable, workdir as workdir_lib
+from ttc.data import arith, arith_task, task as task_lib, vocab
 from ttc.errors import UserError
 from ttc.train import reward_training as training
 from ttc.verifiers import labeling, reward_model, scoring
+
+from tests.verifiers.conftest import write_tiny_hf_policy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK = "rm_training_test"
@@ -29,27 +32,39 @@ def _problems():
   return task.arith_problems("train")
 
 
-def _sample(problem, text, correct, soft):
+def _sample(problem, text, correct, soft, codec):
   truth = arith.step_correctness(problem.question, text)
   return {"text": text, "correct": correct, "soft": soft, "hard": [s > 0 for s in soft],
           "true": truth,
-          "step_ends": labeling.step_end_tokens(arith_task.ArithTask(), workdir_lib.char_codec(),
-                                                text)}
+          "step_ends": labeling.step_end_tokens(arith_task.ArithTask(), codec, text)}
 
 
-def write_labels(path):
+def write_labels(path, codec=None, policy=None, wrong_first_step=False):
   """Per question: its reference solution (labels 1) and the same text with a space
-  before every step (labels 0): a signal a tiny model learns in a few dozen steps."""
+  before every step (labels 0): a signal a tiny model learns in a few dozen steps.
+
+  codec: the tokenizer of the policy that "sampled" them (default: a work dir's);
+  policy: its checkpoint, recorded in the settings as label_prm would;
+  wrong_first_step: the labels-0 text also gets a wrong first result, so its
+  ground-truth step labels ("true") say so.
+  """
+  codec = codec or workdir_lib.char_codec()
   lines = []
   for p in _problems():
     good = p.solution
     bad = "\n".join(" " + line for line in good.split("\n"))
+    if wrong_first_step:
+      bad = bad.replace("=", "=1", 1)
     n = len(arith.split_steps(good))
-    samples = [_sample(p, good, True, [1.0] * n), _sample(p, bad, False, [0.0] * n)]
+    samples = [_sample(p, good, True, [1.0] * n, codec),
+               _sample(p, bad, False, [0.0] * n, codec)]
     lines.append(json.dumps({"uid": p.uid, "question": p.question, "prompt": p.prompt,
                              "answer": str(p.answer), "level": p.level, "num_sampled": 2,
                              "samples": samples}))
   path.write_text("\n".join(lines) + "\n")
+  if policy is not None:
+    resumable.pin_settings(str(path), {"task": TASK, "policy": policy, "policy_kind": "hf",
+                                       "policy_step": None}, False, "")
 
 
 def _settings(**overrides):
@@ -69,8 +84,9 @@ def test_prm_targets_sit_on_step_ends(policy_workdir):
   write_labels(policy_workdir / "prm_labels.jsonl")
   name = labeling.register_prm_labels_task("targets_test", str(policy_workdir / "prm_labels.jsonl"),
                                            20)
-  prm = training.load_examples(name, "train", "prm", _settings())
-  orm = training.load_examples(name, "train", "orm", _settings())
+  args = (_settings(), task_lib.get(TASK), workdir_lib.char_codec())
+  prm = training.load_examples(name, "train", "prm", *args)
+  orm = training.load_examples(name, "train", "orm", *args)
   [newline] = vocab.CharVocabulary().encode("\n")
   eos = vocab.EOS_ID
   for m in range(len(prm)):
@@ -83,7 +99,7 @@ def test_prm_targets_sit_on_step_ends(policy_workdir):
 
 def test_prm_learns_and_keeps_its_best_parameters(policy_workdir):
   write_labels(policy_workdir / "prm_labels.jsonl")
-  summary = training.train_prm(str(policy_workdir), training=_settings())
+  summary = training.train_prm(str(policy_workdir), task=TASK, training=_settings())
   records = [json.loads(l) for l in open(policy_workdir / "prm" / "metrics.jsonl")]
   assert [r["step"] for r in records] == [25, 50, 75, 100]
   assert summary["best_val_loss"] == min(r["val_loss"] for r in records) < 0.05
@@ -92,7 +108,8 @@ def test_prm_learns_and_keeps_its_best_parameters(policy_workdir):
   model, params = reward_model.load(str(policy_workdir / "prm"), mesh, rules)
   val = training.load_examples(
       labeling.register_prm_labels_task("best_test", str(policy_workdir / "prm_labels.jsonl"),
-                                        20), "validation", "prm", _settings())
+                                        20), "validation", "prm", _settings(), task_lib.get(TASK),
+      workdir_lib.char_codec())
   loss, _ = training.value_loss(model, params, val.take(np.arange(len(val))))
   assert float(loss) == pytest.approx(summary["best_val_loss"], rel=1e-4)
   # And they separate the two kinds of solution on held-out questions.
@@ -104,7 +121,7 @@ def test_prm_learns_and_keeps_its_best_parameters(policy_workdir):
 
 def test_early_stopping_stops_after_patience(policy_workdir):
   write_labels(policy_workdir / "prm_labels.jsonl")
-  summary = training.train_orm(str(policy_workdir),
+  summary = training.train_orm(str(policy_workdir), task=TASK,
                                training=_settings(learning_rate=1e-9, patience=2, eval_every=5))
   # The held-out loss barely moves after the first measurement: stop 2 measurements later.
   assert summary["stopped_early"] and summary["steps"] <= 20
@@ -112,24 +129,61 @@ def test_early_stopping_stops_after_patience(policy_workdir):
 
 def test_missing_labels_file_is_one_clear_error(policy_workdir):
   with pytest.raises(UserError, match="label_prm"):
-    training.train_prm(str(policy_workdir), training=_settings())
+    training.train_prm(str(policy_workdir), task=TASK, training=_settings())
 
 
-def test_labels_of_a_policy_with_its_own_tokenizer_are_refused(policy_workdir):
+def test_labels_of_another_task_are_refused(policy_workdir):
   write_labels(policy_workdir / "prm_labels.jsonl")
   (policy_workdir / "prm_labels.settings.json").write_text(json.dumps(
-      {"task": "math", "policy": "smollm2", "policy_kind": "gguf", "policy_step": None}))
-  with pytest.raises(UserError, match=r"'smollm2' \(gguf\).*label_prm.policy = ''"):
-    training.train_prm(str(policy_workdir), training=_settings())
+      {"task": "math500", "policy": "", "policy_kind": "workdir", "policy_step": 1}))
+  with pytest.raises(UserError, match=r"labels task 'math500', not 'rm_training_test'"):
+    training.train_prm(str(policy_workdir), task=TASK, training=_settings())
+
+
+def test_a_reward_model_starts_from_the_hf_policy_that_sampled_its_labels(tmp_path):
+  """Labels of an HF checkpoint with its own BPE tokenizer: the reward model takes that
+  checkpoint's shape and weights, reads its token ids, and learns the labels."""
+  _problems()
+  hf_dir = write_tiny_hf_policy(tmp_path / "hf", vocab.ALPHABET)
+  codec = workdir_lib.open_checkpoint(hf_dir).codec
+  work = tmp_path / "work"  # no policy of its own
+  work.mkdir()
+  write_labels(work / "prm_labels.jsonl", codec, policy=hf_dir)
+  name = labeling.register_prm_labels_task("hf_targets_test", str(work / "prm_labels.jsonl"),
+                                           20)
+  prm = training.load_examples(name, "train", "prm", _settings(), task_lib.get(TASK), codec)
+  # Step ends are the merged "<digit>\n" tokens, then the EOS: not character indices.
+  for m in range(len(prm)):
+    ends = prm.label_index_MxS[m][prm.weight_MxS[m] > 0]
+    assert all(codec.decode([prm.tokens_MxL[m, i]]).endswith("\n") for i in ends[:-1])
+    assert prm.tokens_MxL[m, ends[-1]] == codec.eos_id == prm.tokens_MxL[m, prm.lengths_M[m] - 1]
+  assert any(len(codec.decode([t])) > 1 for t in prm.tokens_MxL[0])
+
+  summary = training.train_prm(str(work), task=TASK, training=_settings())
+  assert summary["best_val_loss"] < 0.05, summary
+  with workdir_lib.device_context() as devices:
+    model, params = workdir_lib.load_reward_model(str(work / "prm"), devices, codec)
+    policy = workdir_lib.load_policy(hf_dir, devices)
+  assert model.config == dataclasses.replace(policy.model.config, dropout_rate=0.0)
+  # Fine-tuned from the policy's weights: rows of ids the labels never use (<unk>, <s>)
+  # get no gradient and are still the policy's; the used ones have moved.
+  before = np.asarray(policy.params["params"]["embed_tokens"]["embedding"])
+  after = np.asarray(params["params"]["backbone"]["embed_tokens"]["embedding"])
+  used = np.isin(np.arange(len(before)), prm.tokens_MxL[prm.tokens_MxL > 0])
+  assert not used[:2].any() and used.sum() > 10
+  np.testing.assert_array_equal(after[~used], before[~used])
+  assert (np.abs(after - before).max(axis=1)[used] > 0).all()
 
 
 def _train_script(workdir):
   return (
       "import sys; sys.path.insert(0, %r)\n"
-      "from tests.verifiers.test_training import _settings\n"
+      "from tests.verifiers.test_training import _problems, _settings\n"
+      "_problems()  # registers the task\n"
       "from ttc.train import reward_training as training\n"
-      "training.train_prm(%r, training=_settings(num_steps=60, eval_every=5, patience=100))\n"
-      % (REPO, str(workdir)))
+      "training.train_prm(%r, task=%r, training=_settings(num_steps=60, eval_every=5, "
+      "patience=100))\n"
+      % (REPO, str(workdir), TASK))
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):

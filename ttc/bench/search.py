@@ -79,7 +79,8 @@ def main():
           # Levels in turn, then grouped, as a sweep batch of mixed levels would be.
           problems = sorted(all_problems[::max(1, len(all_problems) // count)][:count],
                             key=lambda p: p.level)
-          rows = sweep.run_batch(programs, config, task, loaded.codec, problems,
+          prompts = [loaded.codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
+          rows = sweep.run_batch(programs, config, task, loaded.codec, problems, prompts,
                                  jax.random.key(repeat), sampler)
           generated = sum(r["tokens_generated"] for r in rows)
           if repeat:  # each repeat samples anew: pair its time with its own tokens

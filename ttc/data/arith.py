@@ -323,12 +323,14 @@ def answer_key(answer: str):
   return int(text) if text.isdigit() else text
 
 
+def is_answer(answer: Optional[str], value: int) -> bool:
+  """Whether an extracted answer is the integer `value` (digits only; "007" is 7)."""
+  return answer is not None and bool(_INT.fullmatch(answer.strip())) and int(answer) == value
+
+
 def grade(text: str, answer: int) -> bool:
   """Exact integer match of the last boxed answer. Never raises."""
-  got = extract_answer(text)
-  if got is None or not _INT.fullmatch(got.strip()):
-    return False
-  return int(got.strip()) == answer
+  return is_answer(extract_answer(text), answer)
 
 
 def split_steps(solution_text: str) -> list[str]:

@@ -18,6 +18,9 @@ from ttc.data import arith, task as task_lib, vocab
 from ttc.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+# Ends each earlier attempt in a revision prompt: a line no solution line can be (a step
+# is "a+b=c|rest", the last line "\\boxed{..}"), made of the character vocabulary.
+ATTEMPT_END = "\n|\n"
 
 
 @functools.lru_cache(maxsize=32)
@@ -80,7 +83,7 @@ class ArithTask(task_lib.Task):
     return arith.extract_answer(text)
 
   def is_correct(self, answer: Optional[str], problem: task_lib.Problem) -> bool:
-    return answer is not None and arith.grade(f"\\boxed{{{answer}}}", int(problem.answer))
+    return arith.is_answer(answer, int(problem.answer))
 
   def answer_key(self, answer: str):
     return arith.answer_key(answer)
@@ -94,6 +97,20 @@ class ArithTask(task_lib.Task):
 
   def vocabulary(self):
     return vocab.CharVocabulary()
+
+  def revision_prompt(self, problem: task_lib.Problem, attempts: Sequence[str]) -> str:
+    """The question line, then each attempt (stripped) followed by a line "|":
+
+        (17+25)*3-8
+        17+25=42|42*3-8
+        ...
+        \\boxed{119}
+        |
+        <the new attempt the model writes>
+
+    Only characters of `vocab.ALPHABET`, so the character vocabulary reads it whole.
+    """
+    return self.prompt(problem) + "".join(a.strip() + ATTEMPT_END for a in attempts)
 
 
 def _to_dataset(problems: Sequence[arith.ArithProblem]) -> tf.data.Dataset:

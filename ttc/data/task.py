@@ -12,6 +12,8 @@ task module, for:
   * `answer_ids(answers)`: which extracted answers are the same answer (for voting);
   * `step_correctness(problem, text)`: a ground-truth step checker, or None where the
     task has none (`has_step_checker`);
+  * `revision_prompt(problem, attempts)`: the prompt a revision model continues, with
+    earlier attempts in context (paper §6; `ttc.revision.context` keeps the last four);
   * `vocabulary()`: the vocabulary a policy trained from scratch on it uses (arith's
     characters), or None where the policy brings its own tokenizer (MATH on an
     open checkpoint).
@@ -139,6 +141,33 @@ class Task(abc.ABC):
   def vocabulary(self):
     """The seqio vocabulary of a policy trained from scratch on this task, or None."""
     return None
+
+  def revision_prompt(self, problem: Problem, attempts: Sequence[str]) -> str:
+    """The text a revision model continues with a new attempt (paper §6.1).
+
+    attempts: earlier solutions, oldest first, all of them shown (callers keep the last
+    `ttc.revision.context.MAX_CONTEXT_ATTEMPTS`). No attempts: the plain `prompt`.
+    This default suits a BPE tokenizer and an instruct model (with `chat` the whole
+    text is one user turn): numbered attempts, stripped of surrounding whitespace,
+    between a header and a closing instruction. Override it where the vocabulary is
+    small (arith's characters).
+    """
+    if not attempts:
+      return self.prompt(problem)
+    shown = "".join(f"\n\nAttempt {i}:\n{a.strip()}" for i, a in enumerate(attempts, 1))
+    return (f"{self.prompt(problem)}\n\nEarlier attempts at this problem, oldest first; "
+            f"they may be wrong:{shown}\n\nWrite a new solution that corrects them.")
+
+  def select_in_turns(self, split: str, num_questions: int = 0) -> list[Problem]:
+    """The split's problems with levels taken in turn (the first of each level, then
+    the second, ...), so any prefix covers every level; the first `num_questions`
+    of them (0 = all)."""
+    by_level: dict[int, list[Problem]] = {}
+    for p in self.problems(split):
+      by_level.setdefault(p.level, []).append(p)
+    queues = list(by_level.values())
+    in_turns = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    return in_turns[:num_questions] if num_questions else in_turns
 
   def select(self, split: str, max_per_level: int = 0) -> list[Problem]:
     """The split's problems, the first `max_per_level` of each level (0 = all)."""

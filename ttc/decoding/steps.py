@@ -1,11 +1,12 @@
 """Step-level decoding: the building blocks that search composes.
 
-A solution is a sequence of reasoning steps, each ended by a delimiter token. Search
+A solution is a sequence of reasoning steps, each ended by a delimiter (one token,
+or two in a row: see `sampling.StopRule`). Search
 (beam, lookahead, DVTS) alternates two moves over B = Q * N rows (N rows per prompt,
 prompt-major), and this module provides exactly those:
 
-  * `continue_until_step`: every unfinished row samples until it emits a step
-    delimiter, EOS, or runs out of tokens; finished rows stay put.
+  * `continue_until_step`: every unfinished row samples until it ends a step or its
+    solution (by the `StopRule`), or runs out of tokens; finished rows stay put.
   * `take_rows`: row b of the new state is row `parent` of the same prompt, which
     forks a row M ways (repeat its index) and reorders beams (any permutation).
 
@@ -29,7 +30,9 @@ safe) and the rows it cut are finished: the rows are then no longer independent.
 
     state = steps.start(model, params, prompts_QxP, lengths_Q, num_rows=N, max_tokens=512,
                         num_slots=512 + 32)
-    step, state = steps.continue_until_step(model, params, state, key, sampler, ...)
+    stops = codec.stop_rule(task.chat, task.step_delimiter)  # or sampling.StopRule(...)
+    step, state = steps.continue_until_step(model, params, state, key, sampler,
+                                            max_step_tokens=32, stops=stops)
     state = steps.take_rows(state, parent_QxN)
 """
 
@@ -53,7 +56,8 @@ class DecodeState:
   cache: each row's own keys ([B, S] slots); `cache.end` slots are used.
   next_logits_BxV: float32 logits of each row's next token.
   next_position_B: int32 position id of each row's next token.
-  finished_B: bool the row ended its solution (EOS) or reached `max_tokens`.
+  finished_B: bool the row ended its solution (an end id: EOS, end of turn) or
+    reached `max_tokens`.
   length_B: int32 tokens the row has written (its solution so far).
   max_tokens: static int, the most tokens a row may write (its own cap, <= S).
   """
@@ -101,19 +105,21 @@ def start(model: Transformer, params, prompt_tokens_QxP, prompt_lengths_Q, *, nu
 
 @functools.partial(
     jax.jit, donate_argnames=("state",),
-    static_argnames=("model", "max_step_tokens", "step_ids", "eos_id", "pad_id"))
+    static_argnames=("model", "max_step_tokens", "stops", "pad_id"))
 def continue_until_step(model: Transformer, params, state: DecodeState, rng, sampler, *,
-                        max_step_tokens: int, step_ids: tuple[int, ...], eos_id: int,
+                        max_step_tokens: int, stops: sampling.StopRule,
                         pad_id: int = 0) -> tuple[sampling.Samples, DecodeState]:
-  """Every unfinished row generates one step: up to a delimiter in `step_ids`, EOS,
-  `max_step_tokens` tokens, or its `state.max_tokens` cap.
+  """Every unfinished row generates one step: up to a step end of `stops` (its
+  step ids or pairs), an end id (EOS, end of turn), `max_step_tokens` tokens, or its
+  `state.max_tokens` cap. A pair of tokens ends a step only if this call wrote both.
 
   `state` is donated: its cache is updated in place, so do not reuse it.
   Returns (the step's tokens as `Samples` with G = max_step_tokens; finished rows
   get length 0 and stop reason 0), and the state after the step.
-  A row is finished after EOS or once it holds `max_tokens` tokens (or when slots
-  sized below the module docstring's rule cut its step); a step that ends by
-  hitting `max_step_tokens` leaves the row unfinished (mid-step).
+  A row is finished after an end id (stop reason `StopReason.EOS`) or once it holds
+  `max_tokens` tokens (or when slots sized below the module docstring's rule cut its
+  step); a step that ends by hitting `max_step_tokens` leaves the row unfinished
+  (mid-step).
   """
   sampler = samplers.as_sampler(sampler)
   own_budget_B = jnp.where(state.finished_B, 0,
@@ -130,8 +136,8 @@ def continue_until_step(model: Transformer, params, state: DecodeState, rng, sam
     return logits_Bx1xV[:, 0], cache
 
   samples, cont = sampling.decode(step, state.cache, state.next_logits_BxV,
-                                  state.next_position_B, rng, sampler, max_step_tokens, eos_id,
-                                  step_ids, pad_id, budget_B)
+                                  state.next_position_B, rng, sampler, max_step_tokens, stops,
+                                  pad_id, budget_B)
   reason_B = jnp.where(state.finished_B, 0, samples.stop_reason_B)
   length_B = state.length_B + samples.lengths_B
   # Stopped by the shared slots before its own budget (undersized slots only).

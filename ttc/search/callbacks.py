@@ -27,7 +27,6 @@ import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import jax
-import jax.numpy as jnp
 
 from ttc.decoding import samplers, sampling, steps
 from ttc.models.transformer import Transformer
@@ -104,17 +103,15 @@ class SearchVerifier(Protocol):
 class PolicyCallbacks:
   """The policy LM through `ttc.decoding.steps` (shared prompt cache, per-row suffix).
 
-  step_ids: token ids that end a reasoning step (the delimiter, e.g. "\\n").
-  eos_id: ends a solution.
-  stop_ids: other ids that end a solution too (a chat template's end of turn, e.g.
-    `<|im_end|>`): a row that emits one is finished and its stop reason is EOS.
+  stops: which tokens end a solution (its end ids: EOS, a chat template's end of
+    turn; such a row is finished, stop reason EOS) and which end a reasoning step
+    (its step ids and pairs: the task's delimiter, e.g. "\\n\\n", as one token or
+    two); see `Codec.stop_rule`.
   """
 
   model: Transformer
-  step_ids: tuple[int, ...]
-  eos_id: int
+  stops: sampling.StopRule
   pad_id: int = 0
-  stop_ids: tuple[int, ...] = ()
 
   def prepare(self, params, num_rows: int):
     """Weights packed once for the CPU kernels where B = num_rows rows use them."""
@@ -126,22 +123,12 @@ class PolicyCallbacks:
                        max_tokens=max_tokens, num_slots=num_slots)
 
   def step(self, params, state, rng, sampler, max_step_tokens: int, until_delimiter: bool):
-    """One step per unfinished row (or, without `until_delimiter`, up to EOS or the cap)."""
-    # `steps` knows one EOS id; other solution ends stop the step like a delimiter,
-    # then are told apart by the step's last token.
-    out, state = steps.continue_until_step(
-        self.model, params, state, rng, sampler, max_step_tokens=max_step_tokens,
-        step_ids=(self.step_ids if until_delimiter else ()) + self.stop_ids,
-        eos_id=self.eos_id, pad_id=self.pad_id)
-    if not self.stop_ids:
-      return out, state
-    last_B = jnp.take_along_axis(out.tokens_BxG, jnp.maximum(out.lengths_B - 1, 0)[:, None],
-                                 axis=1)[:, 0]
-    ended_B = ((out.stop_reason_B == sampling.StopReason.STOP_TOKEN)
-               & jnp.isin(last_B, jnp.asarray(self.stop_ids, jnp.int32)))
-    out = out.replace(stop_reason_B=jnp.where(ended_B, sampling.StopReason.EOS,
-                                              out.stop_reason_B).astype(jnp.int32))
-    return out, state.replace(finished_B=state.finished_B | ended_B)
+    """One step per unfinished row (or, without `until_delimiter`, up to an end id or
+    the cap)."""
+    stops = self.stops if until_delimiter else self.stops.without_steps()
+    return steps.continue_until_step(self.model, params, state, rng, sampler,
+                                     max_step_tokens=max_step_tokens, stops=stops,
+                                     pad_id=self.pad_id)
 
   def finished(self, state):
     return state.finished_B
@@ -161,7 +148,7 @@ class PrmCallbacks:
   """
 
   model: RewardModel
-  chunk: int = 8
+  chunk: int = scoring.DEFAULT_CHUNK
 
   def start(self, params, prompts_QxP, lengths_Q, num_rows: int, num_slots: int):
     return scoring.start(self.model, params, prompts_QxP, lengths_Q, num_rows=num_rows,

@@ -13,11 +13,11 @@ A method is named in gin (`search_sweep.methods`) by a string:
 M is capped at N (a budget of 2 cannot expand 4 ways).
 """
 
-import dataclasses
 import math
 import re
 
 from ttc.search.tree_search import PAPER_MAX_ROUNDS, SearchConfig
+from ttc.verifiers import scoring
 
 DEFAULT_LOOKAHEAD_WIDTH = 4
 _PATTERNS = (
@@ -46,7 +46,8 @@ def parse(name: str) -> tuple[str, tuple[int, ...]]:
 
 def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_tokens: int,
                 max_rounds: int = PAPER_MAX_ROUNDS, num_slots: int = 0,
-                prm_slots: int = 0, prm_chunk: int = 8) -> SearchConfig:
+                prm_slots: int = 0,
+                prm_chunk: int = scoring.DEFAULT_CHUNK) -> SearchConfig:
   """The `SearchConfig` of method `name` at a budget of `budget` generations.
 
   num_slots: policy cache slots per row; 0 = `SearchConfig.policy_slots_needed`:
@@ -88,7 +89,5 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
       num_rows=rows, group_size=group, expand=expand, lookahead_steps=lookahead,
       step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,
       max_solution_tokens=max_solution_tokens, max_rounds=max_rounds, num_slots=num_slots,
-      prm_slots=prm_slots)
-  if not prm_slots:
-    config = dataclasses.replace(config, prm_slots=config.prm_slots_needed(prm_chunk))
+      prm_slots=prm_slots, prm_chunk=prm_chunk)
   return config

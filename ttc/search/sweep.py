@@ -60,11 +60,10 @@ def _choose(task: task_lib.Task, codec: workdir_lib.Codec, problem: task_lib.Pro
 
 
 def task_policy(task: task_lib.Task, policy: workdir_lib.Policy) -> PolicyCallbacks:
-  """The policy's callbacks for `task`: a step ends at a token ending the task's step
-  delimiter, a solution at EOS (and, for chat prompts, at the end of the turn)."""
-  codec = policy.codec
-  return PolicyCallbacks(policy.model, codec.step_ids(task.step_delimiter), codec.eos_id,
-                         stop_ids=codec.stop_ids(task.chat))
+  """The policy's callbacks for `task`: a step ends at the task's step delimiter (one
+  token or two, `Codec.stop_rule`), a solution at EOS (and, for chat prompts, at the end
+  of the turn)."""
+  return PolicyCallbacks(policy.model, policy.codec.stop_rule(task.chat, task.step_delimiter))
 
 
 class SearchPrograms:
@@ -88,11 +87,14 @@ class SearchPrograms:
 
 
 def run_batch(programs: SearchPrograms, config, task: task_lib.Task,
-              codec: workdir_lib.Codec, problems, rng, sampler) -> list[dict]:
-  """Searches a batch of problems (padded to a power of two); one partial record each."""
+              codec: workdir_lib.Codec, problems, prompts: list[list[int]], rng,
+              sampler) -> list[dict]:
+  """Searches a batch of problems (padded to a power of two); one partial record each.
+
+  prompts: each problem's prompt ids (`codec.encode_prompt`), encoded once per run.
+  """
   padded = sampling.bucket(len(problems))
-  prompts = [codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
-  prompts += [prompts[0]] * (padded - len(problems))
+  prompts = list(prompts) + [prompts[0]] * (padded - len(problems))
   tokens, lengths = sampling.left_pad(prompts, sampling.bucket(max(map(len, prompts)), 16))
   live = np.arange(padded) < len(problems)
   started = time.perf_counter()
@@ -174,6 +176,8 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
         "set search_sweep.results_file to a new name")
     programs = SearchPrograms(task_policy(task, loaded), prm, loaded.params, prm_params)
     sampler = samplers.Temperature(jnp.float32(temperature))
+    prompt_ids = {p.uid: loaded.codec.encode_prompt(task.prompt(p), task.chat)
+                  for p in problems}
     todo = [(seed, name, budget) for seed in seeds for name in method_names for budget in budgets]
     with tqdm.tqdm(total=len(todo) * len(problems), desc=f"search {split}", unit="problem",
                    disable=None) as progress:
@@ -185,6 +189,7 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
           missing = [(p.uid, name, budget, seed) not in done for p in batch]
           if any(missing):
             rows = run_batch(programs, config, task, loaded.codec, batch,
+                             [prompt_ids[p.uid] for p in batch],
                              _batch_key(seed, name, budget, index), sampler)
             resumable.append_lines(path, [
                 {"uid": p.uid, "level": p.level, "method": name, "budget": budget,

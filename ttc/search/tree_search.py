@@ -36,9 +36,9 @@ import jax.numpy as jnp
 
 from ttc.decoding import samplers, sampling, steps
 from ttc.search import callbacks, selection
+from ttc.verifiers import scoring
 
 PAPER_MAX_ROUNDS = 40
-PRM_CHUNK = 8  # tokens per PRM call that default PRM slots are sized for (PrmCallbacks.chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ class SearchConfig:
     and a row that reaches it stops (unfinished).
   max_rounds: rounds of generate-score-select (the paper: 40).
   num_slots / prm_slots: KV-cache slots per row of the policy / the PRM; 0 (the
-    default) = `policy_slots_needed` / `prm_slots_needed(PRM_CHUNK)`; fewer policy
+    default) = `policy_slots_needed` / `prm_slots_needed(prm_chunk)`; fewer policy
     slots are refused, and PRM slots too few for any chunk. Rows of all problems
     write in lockstep at one shared slot (a step advances it by the longest row's
     step) and are packed again after each round (`KVCache.take_rows`: the shared
@@ -65,6 +65,8 @@ class SearchConfig:
     slots the shared slot never cuts a row that has budget of its own left, so a
     problem's rows do not depend on the other problems of the batch. PRM overflow
     (a PRM chunk larger than the slots were sized for) is flagged.
+  prm_chunk: tokens per PRM call (`PrmCallbacks.chunk`) the default prm_slots are
+    sized for.
   """
 
   num_rows: int
@@ -77,6 +79,7 @@ class SearchConfig:
   max_rounds: int = PAPER_MAX_ROUNDS
   num_slots: int = 0
   prm_slots: int = 0
+  prm_chunk: int = scoring.DEFAULT_CHUNK
 
   def __post_init__(self):
     if self.num_rows < 1 or self.num_rows % self.group_size:
@@ -88,7 +91,7 @@ class SearchConfig:
       raise ValueError(f"bad search settings {self}")
     # Frozen: the sizes are filled in once, here.
     object.__setattr__(self, "num_slots", self.num_slots or self.policy_slots_needed)
-    object.__setattr__(self, "prm_slots", self.prm_slots or self.prm_slots_needed(PRM_CHUNK))
+    object.__setattr__(self, "prm_slots", self.prm_slots or self.prm_slots_needed(self.prm_chunk))
     if self.num_slots < self.policy_slots_needed:
       raise ValueError(f"num_slots={self.num_slots} is below the {self.policy_slots_needed} "
                        "slots that keep problems independent (see SearchConfig); raise it")

@@ -1,8 +1,10 @@
 """Training the reward models: `train_prm` (Monte-Carlo step labels) and `train_orm`.
 
 Both read the labels file that `label_prm` wrote, through its seqio Task
-(`labeling.register_prm_labels_task`), and fit a `RewardModel` initialised from the
-policy of the same work dir with binary cross-entropy on sigmoid(value logit):
+(`labeling.register_prm_labels_task`), tokenize the solutions with the tokenizer of the
+policy that sampled them (the labels' settings name it: this work dir's, an HF or GGUF
+checkpoint, or `smollm2`), and fit a `RewardModel` initialised from that policy with
+binary cross-entropy on sigmoid(value logit):
 
   * PRM: at the last token of every step, against the step's soft label (the
     fraction of rollouts from that prefix that reach the right answer) or, with
@@ -30,8 +32,8 @@ import optax
 import seqio
 import tqdm
 
-from ttc import checkpointing, partitioning, workdir as workdir_lib
-from ttc.data import vocab
+from ttc import checkpointing, partitioning, resumable, workdir as workdir_lib
+from ttc.data import task as task_lib
 from ttc.errors import UserError
 from ttc.train import optimizer, trainer
 from ttc.verifiers import labeling, reward_model
@@ -97,16 +99,28 @@ class Examples:
     return {k: v[rows] for k, v in dataclasses.asdict(self).items()}
 
 
-def load_examples(task_name: str, split: str, kind: str, training: RewardTraining) -> Examples:
-  """Reads one split of the labels task into arrays: PRM targets per step, ORM one per solution."""
+def load_examples(task_name: str, split: str, kind: str, training: RewardTraining,
+                  task: task_lib.Task, codec: workdir_lib.Codec) -> Examples:
+  """Reads one split of the labels task into arrays: PRM targets per step, ORM one per solution.
+
+  Solutions are tokenized by the policy's `codec` as a verifier will read them at test
+  time (`labeling.solution_tokens`: prompt, solution, end token).
+  """
   dataset = seqio.get_mixture_or_task(task_name).get_dataset(
       sequence_length=None, split=split, shuffle=False)
-  rows, skipped = [], 0
+  rows, skipped, prompt_ids = [], 0, {}
   for ex in dataset.as_numpy_iterator():
-    tokens = [vocab.DECODER_START_ID, *ex["inputs"].tolist(), *ex["targets"].tolist()]
-    offset = 1 + len(ex["inputs"])
+    prompt = ex["prompt_text"].decode()
+    if prompt not in prompt_ids:  # every sample of a question shares its prompt
+      prompt_ids[prompt] = codec.encode_prompt(prompt, task.chat)
+    tokens, ends = labeling.solution_tokens(task, codec, prompt_ids[prompt],
+                                            ex["solution_text"].decode())
+    if len(ends) != len(ex["soft"]):
+      raise UserError(f"a solution of uid {ex['uid'].decode()} has {len(ex['soft'])} step "
+                      f"labels but {len(ends)} steps of task {task.name!r}: label with the "
+                      "task the reward model is trained for")
     if kind == "prm":
-      index = (offset + ex["step_ends"]).tolist()
+      index = ends
       label = (ex["soft"] if training.labels == "soft" else ex["hard"]).astype(np.float32)
     else:
       index, label = [len(tokens) - 1], np.asarray([ex["correct"]], np.float32)
@@ -177,32 +191,33 @@ def _early_stopping_state(metrics_path: str):
   return best, best_step, since
 
 
-def _check_labels_policy(labels_path: str) -> None:
-  """Labels are read with the character vocabulary of the work dir's policy, which
-  initialises the reward model: samples of a checkpoint with its own tokenizer cannot be."""
-  settings = labeling.read_settings(labels_path)
-  kind = settings.get("policy_kind", "workdir")
-  if kind != "workdir":
-    raise UserError(f"{labels_path} holds samples of {settings.get('policy')!r} ({kind}), but "
-                    "train_prm / train_orm start from this work dir's policy and its character "
-                    "vocabulary; label with a ttc work dir's policy (label_prm.policy = '')")
+def _labels_policy(labels_path: str, task: task_lib.Task) -> str:
+  """The policy whose samples the labels are ("" = the work dir's own): the reward model
+  starts from it and reads its tokens. Refuses labels of another task."""
+  settings = resumable.read_settings(labels_path)
+  if settings.get("task", task.name) != task.name:
+    raise UserError(f"{labels_path} labels task {settings['task']!r}, not {task.name!r}: set "
+                    "the stage's task to the one label_prm used")
+  return settings.get("policy", "")
 
 
-def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
-        training: RewardTraining) -> dict:
+def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: RewardTraining,
+        task) -> dict:
   """Trains a PRM (kind="prm") or ORM (kind="orm") on `workdir`'s labels; returns a summary."""
+  task = task_lib.get(task)
   out = os.path.join(workdir, output_dir)
   labels_path = os.path.abspath(os.path.join(workdir, labels_file))
-  _check_labels_policy(labels_path)
+  labeling.read_labels(labels_path)  # one clear error for a missing or damaged file, first
+  policy = _labels_policy(labels_path, task)
   # One seqio task per labels file; seqio names allow only word characters.
   task_name = labeling.register_prm_labels_task(
       "reward_labels_" + re.sub(r"\W", "_", labels_path), labels_path,
       training.validation_percent)
-  train_ex = load_examples(task_name, "train", kind, training)
-  val_ex = load_examples(task_name, "validation", kind, training)
-
-  config = dataclasses.replace(workdir_lib.load_model_config(workdir),
-                               dropout_rate=training.dropout_rate)
+  checkpoint = workdir_lib.open_checkpoint(policy or workdir)
+  train_ex = load_examples(task_name, "train", kind, training, task, checkpoint.codec)
+  val_ex = load_examples(task_name, "validation", kind, training, task, checkpoint.codec)
+  # The reward model has the policy's shape; its weights load only on a fresh start.
+  config = dataclasses.replace(checkpoint.config, dropout_rate=training.dropout_rate)
   model = reward_model.RewardModel(config)
   workdir_lib.save_model_config(out, config)
   tx, schedule = optimizer.make_optimizer(
@@ -225,7 +240,7 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(training.seed))
       # The backbone starts from the policy; only the value head is fresh. Adam's
       # moments are zeros whatever the parameters, so the optimizer state stands.
-      _, policy_params, _ = workdir_lib.load_trained_policy(workdir, mesh, rules)
+      policy_params = workdir_lib.load_policy(policy, devices, workdir).params
       state = state.replace(params=reward_model.with_backbone(state.params, policy_params))
     else:
       state, _ = restored
@@ -305,14 +320,18 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str,
 
 
 @gin.configurable(denylist=["workdir"])
-def train_prm(workdir: str, labels_file: str = "prm_labels.jsonl", output_dir: str = "prm",
-              training: RewardTraining = RewardTraining()):
-  """Stage: the process reward model, on the step labels of `label_prm`."""
-  return fit(workdir, "prm", labels_file, output_dir, training)
+def train_prm(workdir: str, task=gin.REQUIRED, labels_file: str = "prm_labels.jsonl",
+              output_dir: str = "prm", training: RewardTraining = RewardTraining()):
+  """Stage: the process reward model, on the step labels of `label_prm`.
+
+  task: the task the labels were made for (a `Task` or registered name): it splits the
+  solutions into steps and says whether the prompt is a chat turn.
+  """
+  return fit(workdir, "prm", labels_file, output_dir, training, task)
 
 
 @gin.configurable(denylist=["workdir"])
-def train_orm(workdir: str, labels_file: str = "prm_labels.jsonl", output_dir: str = "orm",
-              training: RewardTraining = RewardTraining()):
+def train_orm(workdir: str, task=gin.REQUIRED, labels_file: str = "prm_labels.jsonl",
+              output_dir: str = "orm", training: RewardTraining = RewardTraining()):
   """Stage: the outcome reward model (baseline), on the final correctness of the same samples."""
-  return fit(workdir, "orm", labels_file, output_dir, training)
+  return fit(workdir, "orm", labels_file, output_dir, training, task)

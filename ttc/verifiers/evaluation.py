@@ -55,25 +55,10 @@ def sample_solutions(policy: workdir_lib.Policy, task: task_lib.Task, problems, 
   return solutions
 
 
-def _end_id(codec, chat: bool) -> int:
-  """The token that ends a finished solution: EOS, or the chat's end of turn."""
-  if codec.eos_id >= 0:
-    return codec.eos_id
-  if codec.stop_ids(chat):
-    return codec.stop_ids(chat)[0]
-  raise UserError("the policy's tokenizer has no EOS token to end a solution with; use a "
-                  "checkpoint that defines one")
-
-
 def _sequences(task: task_lib.Task, codec, prompt_ids: list[int], texts: list[str]):
-  """(token ids of prompt + solution + EOS, step-end indices, last index) per solution."""
-  seqs, ends, last = [], [], []
-  for text in texts:
-    ids = prompt_ids + codec.encode(text) + [_end_id(codec, task.chat)]
-    seqs.append(ids)
-    ends.append([len(prompt_ids) + e for e in labeling.step_end_tokens(task, codec, text)])
-    last.append([len(ids) - 1])
-  return seqs, ends, last
+  """(token ids, step-end indices, [last index]) per solution (`labeling.solution_tokens`)."""
+  pairs = [labeling.solution_tokens(task, codec, prompt_ids, t) for t in texts]
+  return [p[0] for p in pairs], [p[1] for p in pairs], [[len(p[0]) - 1] for p in pairs]
 
 
 def _padded(rows: list[list[float]]):

@@ -18,7 +18,6 @@ stable train / validation split by uid.
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 
@@ -28,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
-import tqdm
 
 from ttc import resumable, workdir as workdir_lib
 from ttc.data import task as task_lib, vocab
@@ -54,24 +52,30 @@ _DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or t
 def step_end_tokens(task: task_lib.Task, codec, text: str) -> list[int]:
   """For each step of `task.split_steps(text)`, the index of the token that ends it.
 
-  Indices are into `codec.encode(text) + [EOS]`: the last token of
-  `codec.encode(text[:end + 1])` for a step ending at character `end` (its delimiter), or
-  the EOS, len(codec.encode(text)), for a last step without a delimiter after it. For the
-  character vocabulary a token index is a character index, so these equal
-  `task.step_end_offsets(text)`.
+  Indices are into `codec.encode(text) + [EOS]`: the token holding the step's last
+  character (its delimiter), or the EOS, len(codec.encode(text)), for a last step
+  without a delimiter after it. For the character vocabulary a token index is a
+  character index, so these equal `task.step_end_offsets(text)`.
   """
-  ends = []
-  for end in task.step_end_offsets(text):
-    ends.append(len(codec.encode(text)) if end >= len(text)
-                else len(codec.encode(text[:end + 1])) - 1)
-  return ends
+  return codec.token_index_of_char(text, task.step_end_offsets(text))
+
+
+def solution_tokens(task: task_lib.Task, codec, prompt_ids: list[int],
+                    text: str) -> tuple[list[int], list[int]]:
+  """(prompt_ids + codec.encode(text) + [end id], index of each step's last token in it).
+
+  What a verifier reads for one solution: the last index is the end token (EOS, or the
+  chat's end of turn), where the final step and a whole solution are scored.
+  """
+  ids = list(prompt_ids) + codec.encode(text) + [codec.end_id(task.chat)]
+  return ids, [len(prompt_ids) + e for e in step_end_tokens(task, codec, text)]
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sampling:
+class Sampling:
   """What every sampling call of a run shares; max_new_tokens is the per-row budget."""
 
   policy: workdir_lib.Policy
@@ -89,15 +93,15 @@ class _Sampling:
 
 
 @dataclasses.dataclass
-class _Counts:
+class Counts:
   """What this run generated: rollout rows and tokens (EOS included)."""
 
   rollouts: int = 0
   tokens: int = 0
 
 
-def _sample_solutions(run: _Sampling, question_prompts: list, rng, num_solutions: int,
-                      counts: _Counts) -> list[list[str]]:
+def sample_solutions(run: Sampling, question_prompts: list, rng, num_solutions: int,
+                      counts: Counts) -> list[list[str]]:
   """Per question, the texts of its parsable samples: stopped at EOS, with an answer."""
   out = run.generate(question_prompts, rng, num_solutions)
   counts.tokens += out.num_tokens
@@ -109,8 +113,8 @@ def _sample_solutions(run: _Sampling, question_prompts: list, rng, num_solutions
   return kept
 
 
-def _rollout_wins(run: _Sampling, problems: list, question_prompts: list, kept: list, rng,
-                  num_rollouts: int, counts: _Counts) -> list[dict]:
+def _rollout_wins(run: Sampling, problems: list, question_prompts: list, kept: list, rng,
+                  num_rollouts: int, counts: Counts) -> list[dict]:
   """Per question, {step prefix text: rollouts (of num_rollouts) that end in its answer}.
 
   Prefixes are every step but the last of each kept solution, delimiter included.
@@ -139,7 +143,7 @@ def _rollout_wins(run: _Sampling, problems: list, question_prompts: list, kept: 
   return wins
 
 
-def _sample_record(run: _Sampling, problem: task_lib.Problem, text: str, wins: dict,
+def _sample_record(run: Sampling, problem: task_lib.Problem, text: str, wins: dict,
                    num_rollouts: int) -> dict:
   """One kept solution's labels; `wins` maps each step prefix to its correct rollouts."""
   task = run.task
@@ -151,15 +155,15 @@ def _sample_record(run: _Sampling, problem: task_lib.Problem, text: str, wins: d
           "true": true, "step_ends": step_end_tokens(task, run.policy.codec, text)}
 
 
-def _label_chunk(run: _Sampling, problems: list, rng, num_solutions: int,
-                 num_rollouts: int, counts: _Counts) -> list[dict]:
+def _label_chunk(run: Sampling, problems: list, rng, num_solutions: int,
+                 num_rollouts: int, counts: Counts) -> list[dict]:
   """One JSON record per problem of the chunk; a pure function of (problems, rng, settings).
 
   Solutions draw from fold_in(rng, 0), rollouts from fold_in(rng, 1).
   """
   task, codec = run.task, run.policy.codec
   question_prompts = [codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
-  kept = _sample_solutions(run, question_prompts, jax.random.fold_in(rng, 0), num_solutions,
+  kept = sample_solutions(run, question_prompts, jax.random.fold_in(rng, 0), num_solutions,
                            counts)
   wins = _rollout_wins(run, problems, question_prompts, kept, jax.random.fold_in(rng, 1),
                        num_rollouts, counts)
@@ -250,35 +254,7 @@ def read_labels(path: str) -> list[dict]:
   return records
 
 
-def settings_path(labels_path: str) -> str:
-  """Where `label_prm` keeps the settings (task, policy, ...) a labels file was made with."""
-  return os.path.splitext(labels_path)[0] + ".settings.json"
-
-
-def read_settings(labels_path: str) -> dict:
-  """The settings a labels file was made with ({} for a file written by hand)."""
-  path = settings_path(labels_path)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f"cannot parse {path} ({e}); delete it and the labels, and rerun "
-                      "label_prm") from None
-
-
 # ----------------------------------------------------------------------------- the stage
-
-
-def _select_problems(task: task_lib.Task, split: str, num_questions: int) -> list:
-  """Levels interleaved (one question of each in turn), so any prefix covers all levels."""
-  by_level = {}
-  for p in task.problems(split):
-    by_level.setdefault(p.level, []).append(p)
-  queues = list(by_level.values())
-  interleaved = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
-  return interleaved[:num_questions] if num_questions else interleaved
 
 
 def _check_args(**positive):
@@ -287,7 +263,7 @@ def _check_args(**positive):
       raise UserError(f"label_prm.{name} must be >= 1, got {value}")
 
 
-def _summarize(path: str, problems: list, counts: _Counts) -> dict:
+def _summarize(path: str, problems: list, counts: Counts) -> dict:
   """Totals over the selected questions in the file (earlier runs included)."""
   uids = {p.uid for p in problems}
   records = [r for r in read_labels(path) if r["uid"] in uids]
@@ -344,7 +320,7 @@ def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "t
               questions_per_chunk=questions_per_chunk)
   if num_questions < 0 or temperature < 0:
     raise UserError("label_prm.num_questions and label_prm.temperature must be >= 0")
-  problems = _select_problems(task, split, num_questions)
+  problems = task.select_in_turns(split, num_questions)
   path = os.path.join(workdir, labels_file)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   done = resumable.repair(path, lambda line, n: _parse_line(line, path, n, _DAMAGED_HINT),
@@ -356,25 +332,20 @@ def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "t
                   num_rollouts=num_rollouts, temperature=temperature,
                   max_new_tokens=max_new_tokens, seed=seed)
 
-  counts = _Counts()
+  counts = Counts()
   with workdir_lib.device_context() as devices:
     loaded = workdir_lib.load_policy(policy, devices, workdir)
     # The work dir's own policy is pinned as "", not by its path, so a moved work dir
     # still resumes.
     resumable.pin_settings(path, {**settings, **loaded.describe()},
                            os.path.exists(path), "set label_prm.labels_file to a new name")
-    run = _Sampling(loaded, task, samplers.Temperature(jnp.float32(temperature)),
+    run = Sampling(loaded, task, samplers.Temperature(jnp.float32(temperature)),
                     max_new_tokens, batch_size)
     key = jax.random.key(seed)
-    with tqdm.tqdm(total=len(problems), desc=f"label {split}", unit="question",
-                   disable=None) as progress:
-      for chunk_index, start in enumerate(range(0, len(problems), questions_per_chunk)):
-        chunk = problems[start:start + questions_per_chunk]
-        if any(p.uid not in done for p in chunk):
-          records = _label_chunk(run, chunk, jax.random.fold_in(key, chunk_index),
-                                 num_solutions, num_rollouts, counts)
-          resumable.append_lines(path, [r for r in records if r["uid"] not in done])
-        progress.update(len(chunk))
+    resumable.append_in_chunks(
+        path, problems, questions_per_chunk, done,
+        lambda c, chunk: _label_chunk(run, chunk, jax.random.fold_in(key, c), num_solutions,
+                                      num_rollouts, counts), f"label {split}")
 
   summary = _summarize(path, problems, counts)
   print(f"label_prm: {summary['questions']} questions of {task.name} {split}, "
@@ -413,6 +384,9 @@ def _labels_dataset(records: list[dict]) -> tf.data.Dataset:
   return tf.data.Dataset.from_tensor_slices({
       "inputs": tf.constant([r["prompt"] for r, _ in pairs], tf.string),
       "targets": tf.constant([s["text"] for s in samples], tf.string),
+      # The same texts untokenized, for a policy with its own tokenizer (reward training).
+      "prompt_text": tf.constant([r["prompt"] for r, _ in pairs], tf.string),
+      "solution_text": tf.constant([s["text"] for s in samples], tf.string),
       "step_ends": _ragged([s["step_ends"] for s in samples], np.int32),
       "soft": _ragged([s["soft"] for s in samples], np.float32),
       "hard": _ragged([s["hard"] for s in samples], np.int32),
@@ -435,7 +409,8 @@ def register_prm_labels_task(name: str, labels_path: str, validation_percent: in
   "inputs" (prompt) and "targets" (solution + EOS; `step_ends` index into it) tokenized
   with `vocabulary` (default: the character vocabulary), int32 "step_ends" / "hard" /
   "true" (-1 where the task has no step checker) and float32 "soft" [num_steps], int32
-  "correct", string "uid", int64 "level".
+  "correct", string "uid", int64 "level", and the untokenized strings "prompt_text" and
+  "solution_text" (for a policy with its own tokenizer, which a seqio vocabulary cannot run).
   """
   _check_percent(validation_percent)  # fail at registration, not at the first dataset
 

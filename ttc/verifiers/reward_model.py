@@ -77,11 +77,6 @@ def with_backbone(params, policy_params):
   return {**params, "params": inner}
 
 
-def save_config(directory: str, config: ModelConfig) -> None:
-  """Writes a reward model's model_config.json, as a work dir keeps its policy's."""
-  workdir_lib.save_model_config(directory, config)
-
-
 def load(directory: str, mesh, rules):
   """(RewardModel, params placed in their shardings) from a trained reward-model dir.
 

@@ -122,9 +122,14 @@ def start(model: RewardModel, params, prompt_tokens_QxP, prompt_lengths_Q, *, nu
       overflowed=jnp.zeros((), bool))
 
 
+# Tokens per PRM call while scoring a step: one home for the default, which search
+# sizes its PRM cache slots by (`SearchConfig.prm_chunk`).
+DEFAULT_CHUNK = 8
+
+
 @functools.partial(jax.jit, static_argnames=("model", "chunk"), donate_argnames=("state",))
 def score_step(model: RewardModel, params, state: ScoreState, tokens_BxG, lengths_B, *,
-               chunk: int = 8) -> ScoreState:
+               chunk: int = DEFAULT_CHUNK) -> ScoreState:
   """Appends each row's new step (its first lengths_B tokens of tokens_BxG) and scores it.
 
   The tokens run through the model `chunk` at a time (one [B, chunk] call per

@@ -1,0 +1,1 @@
+"""Sequential revisions (paper §6): the context format, training data, answer selection."""
