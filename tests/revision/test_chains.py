@@ -1,11 +1,12 @@
 """Tests for ttc/revision/chains.py: revision chains at test time on a random tiny policy."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ttc import workdir
+from ttc import partitioning, workdir
 from ttc.data import arith_task
 from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
@@ -123,11 +124,15 @@ def test_greedy_next_attempts_after_different_histories_equal_the_whole_prompts(
 
 def test_chains_on_8_device_mesh_equal_one_device(setup, hot_chains):
   path, _, task, problems = setup
-  with workdir.device_context() as devices:
-    assert devices.mesh.size == 8
-    many = chains.revise(workdir.load_policy(str(path), devices), task, problems, num_chains=3,
-                        chain_length=2, rng=jax.random.key(5), sampler=HOT,
-                        max_new_tokens=MAX_NEW_TOKENS, rows_per_call=4)
+  # `device_context` with the data, fsdp and tensor axes all split, so the weights are too.
+  mesh, rules = partitioning.make_mesh(2, 2, 2), partitioning.logical_axis_rules()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    policy = workdir.load_policy(str(path), workdir.Devices(mesh, rules))
+    kernel = policy.params["params"]["layers_0"]["mlp"]["up_proj"]["kernel"]
+    assert len({str(s.index) for s in kernel.addressable_shards}) > 1  # really split
+    many = chains.revise(policy, task, problems, num_chains=3, chain_length=2,
+                         rng=jax.random.key(5), sampler=HOT, max_new_tokens=MAX_NEW_TOKENS,
+                         rows_per_call=4)
   assert many.attempts == hot_chains.attempts
 
 

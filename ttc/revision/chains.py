@@ -108,7 +108,7 @@ def next_attempts(policy, task: task_lib.Task, problems: Sequence[task_lib.Probl
   codec = policy.codec
   prompts = [[codec.encode_prompt(context.revision_prompt(task, problem, chain), task.chat)
               for chain in per_problem] for problem, per_problem in zip(problems, histories)]
-  group_size = min(max(map(len, prompts), default=1), rows_per_call)
+  group_size = max(1, min(max(map(len, prompts), default=1), rows_per_call))
   groups = [(q, list(range(start, min(start + group_size, len(chains)))))
             for q, chains in enumerate(prompts) for start in range(0, len(chains), group_size)]
   groups_per_call = max(1, rows_per_call // group_size)
