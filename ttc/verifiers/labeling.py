@@ -43,7 +43,7 @@ SAMPLE_KEYS = (("text", (str,)), ("correct", (bool,)), ("soft", (list,)), ("hard
                ("true", (list, type(None))), ("step_ends", (list,)))
 _RERUN_HINT = "rerun label_prm (it repairs a last line cut by kill -9) or delete the file"
 # label_prm itself only repairs the last line; damage elsewhere needs a person.
-_DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or the file"
 
 
 # ----------------------------------------------------------------------------- steps
@@ -194,6 +194,8 @@ def _check_record(record, where: str) -> None:
     for key, kinds in SAMPLE_KEYS:
       if key not in sample or not well_typed(sample[key], kinds):
         raise ValueError(f"{at}: missing or non-{kinds[0].__name__} key {key!r}")
+    if not isinstance(sample.get("prompt", ""), str):
+      raise ValueError(f"{at}: its own 'prompt' must be a string")
     _check_sample_labels(sample, at)
 
 
@@ -219,7 +221,7 @@ def _check_sample_labels(sample: dict, at: str) -> None:
     raise ValueError(f"{at}: hard and true labels must be booleans")
 
 
-def _parse_line(line: bytes, path: str, lineno: int, hint: str) -> dict:
+def parse_line(line: bytes, path: str, lineno: int, hint: str = DAMAGED_HINT) -> dict:
   """One line's record; UserError naming the file, the 1-based line and `hint` if bad."""
   record = resumable.parse_json_line(line, path, lineno, hint)
   try:
@@ -243,7 +245,7 @@ def read_labels(path: str) -> list[dict]:
   lines = data.split(b"\n")
   records, seen = [], {}
   for lineno, line in enumerate(lines[:-1], start=1):
-    record = _parse_line(line, path, lineno, _RERUN_HINT)
+    record = parse_line(line, path, lineno, _RERUN_HINT)
     if record["uid"] in seen:
       raise UserError(f"{path} line {lineno}: uid {record['uid']} repeats line "
                       f"{seen[record['uid']]}; {_RERUN_HINT}")
@@ -290,6 +292,8 @@ def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "t
      "samples": [{"text", "correct", "soft": [float per step], "hard": [bool per step],
                   "true": [ground-truth bool per step] or null, "step_ends": [int per step]}]}
 
+  A sample may also carry its own "prompt", which replaces the question's for it (the
+  revision verifier's data: an attempt after its context, `ttc.revision.verifier`).
   Samples that did not stop (EOS or the chat's end of turn) or have no extractable answer
   are dropped (a question may keep none: "samples": []). Steps are `task.split_steps`;
   `step_ends` are token indices into codec.encode(text) + [EOS] (see `step_end_tokens`).
@@ -323,8 +327,8 @@ def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "t
   problems = task.select_in_turns(split, num_questions)
   path = os.path.join(workdir, labels_file)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  done = resumable.repair(path, lambda line, n: _parse_line(line, path, n, _DAMAGED_HINT),
-                          lambda record: record["uid"], _DAMAGED_HINT)
+  done = resumable.repair(path, lambda line, n: parse_line(line, path, n, DAMAGED_HINT),
+                          lambda record: record["uid"], DAMAGED_HINT)
   # Settings whose change would mix incomparable labels in one file. batch_size and
   # questions_per_chunk only regroup the sampling: changing them on resume still gives
   # valid labels, though not bit-identical to a straight run.
@@ -382,10 +386,11 @@ def _labels_dataset(records: list[dict]) -> tf.data.Dataset:
   pairs = [(r, s) for r in records for s in r["samples"]]
   samples = [s for _, s in pairs]
   return tf.data.Dataset.from_tensor_slices({
-      "inputs": tf.constant([r["prompt"] for r, _ in pairs], tf.string),
+      # A sample may carry its own prompt (a revision attempt's context).
+      "inputs": tf.constant([s.get("prompt", r["prompt"]) for r, s in pairs], tf.string),
       "targets": tf.constant([s["text"] for s in samples], tf.string),
       # The same texts untokenized, for a policy with its own tokenizer (reward training).
-      "prompt_text": tf.constant([r["prompt"] for r, _ in pairs], tf.string),
+      "prompt_text": tf.constant([s.get("prompt", r["prompt"]) for r, s in pairs], tf.string),
       "solution_text": tf.constant([s["text"] for s in samples], tf.string),
       "step_ends": _ragged([s["step_ends"] for s in samples], np.int32),
       "soft": _ragged([s["soft"] for s in samples], np.float32),
