@@ -48,6 +48,10 @@ def _import_configurables():
   task.import_builtin_tasks()
   import ttc.evaluate  # noqa: F401
   import ttc.revision.data  # noqa: F401
+  import ttc.revision.model  # noqa: F401
+  import ttc.revision.report  # noqa: F401
+  import ttc.revision.sweep  # noqa: F401
+  import ttc.revision.verifier  # noqa: F401
   import ttc.search.report  # noqa: F401
   import ttc.search.sweep  # noqa: F401
   import ttc.train.reward_training  # noqa: F401

@@ -199,3 +199,44 @@ def test_kill_9_then_rerun_resumes_to_identical_parameters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)  # bit-identical
   logged = [__import__("json").loads(l)["step"] for l in open(resumed / "metrics.jsonl")]
   assert logged == sorted(set(logged)) and logged[-1] == steps  # no duplicated metric lines
+
+
+def test_held_out_loss_counts_every_target_token_once():
+  """One pass over the split, in fixed-shape batches: the last is filled up with empty rows
+  that carry no weight, and the summed loss is next_token_loss's mean times its weight."""
+  from ttc.data import arith_task, vocab
+  task = arith_task.register_arith_task("test_trainer_held_out", num_train_per_level=2,
+                                        num_eval_per_level=7, levels=[(1, 9)])
+  # 7 examples of ~25 tokens, packed two or more to a row of 64: fewer than 8 rows.
+  batches = trainer.held_out_batches(task.name, 8, 16, 48, "validation")
+  assert len(batches) == 1 and batches[0]["decoder_input_tokens"].shape == (8, 64)
+  targets = sum(len(vocab.CharVocabulary().encode(p.solution)) + 1  # + EOS
+                for p in task.problems("validation"))
+  assert sum(b["decoder_loss_weights"].sum() for b in batches) == targets
+  assert (batches[-1]["decoder_segment_ids"] == 0).all(axis=1).any()  # filled-up rows
+
+  model = Transformer(CONFIG)
+  params = partitioning.init_params(model, jax.random.key(0))
+  eval_step = jax.jit(trainer.make_eval_step(model))
+  for batch in batches:
+    loss_sum, weight = eval_step(params, batch)
+    logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
+                            segment_ids_BxT=batch["decoder_segment_ids"])
+    mean, _ = trainer.next_token_loss(logits, batch["decoder_target_tokens"],
+                                      batch["decoder_loss_weights"].astype(np.float32))
+    assert np.isfinite(loss_sum) and weight == batch["decoder_loss_weights"].sum()
+    np.testing.assert_allclose(loss_sum, mean * weight, rtol=1e-5)
+
+
+def test_fine_tuning_refuses_another_model_config_before_any_work(tmp_path):
+  import dataclasses
+  from ttc import workdir as workdir_lib
+  policy, out = tmp_path / "policy", tmp_path / "out"
+  workdir_lib.save_model_config(str(policy), dataclasses.replace(CONFIG, embed_dim=64))
+  with pytest.raises(UserError, match=r"another model config than train's.*dropout_rate"):
+    trainer.fit(str(out), "arith_sft", num_steps=2, batch_size=8, inputs_length=8,
+                targets_length=8, model_config=CONFIG, init_from=str(policy))
+  assert not out.exists()
+  # Dropout may differ: a fine-tune sets its own.
+  workdir_lib.save_model_config(str(policy), dataclasses.replace(CONFIG, dropout_rate=0.0))
+  trainer._check_init_config(str(policy), CONFIG, "train")

@@ -12,7 +12,8 @@ character edit distance last, the others at random), the correct solution as tar
 Output: `<workdir>/<data_file>`, one JSON line per question (see `make_revision_data`),
 written a chunk of questions at a time (`ttc.resumable`), so a killed run resumes where
 it stopped and produces the same file. `read_revision_data` parses it strictly;
-`register_revision_task` serves it to seqio for `ttc.train.trainer.train`.
+`register_revision_task` serves it to seqio for the trainer; `ttc.revision.model`'s
+`train_revision` fine-tunes the policy on it.
 """
 
 import copy
@@ -194,7 +195,7 @@ def _check_args(max_context: int, num_questions: int, temperature: float, **posi
                     f"only its last {context_lib.MAX_CONTEXT_ATTEMPTS} attempts")
 
 
-def _longest_inputs(task: task_lib.Task, records: list[dict]):
+def longest_inputs(task: task_lib.Task, records: list[dict]):
   """Tokens of the longest revision prompt under the task's vocabulary (None without one)."""
   vocabulary = task.vocabulary()
   if vocabulary is None:
@@ -216,7 +217,7 @@ def _summarize(task: task_lib.Task, path: str, problems: list, tokens: int) -> d
           "examples": len(examples),
           "mean_context": (float(np.mean([len(e["context"]) for e in examples]))
                            if examples else float("nan")),
-          "longest_inputs": _longest_inputs(task, records), "tokens_this_run": tokens}
+          "longest_inputs": longest_inputs(task, records), "tokens_this_run": tokens}
 
 
 @gin.configurable(denylist=["workdir"])
@@ -289,7 +290,7 @@ def make_revision_data(workdir: str, task=gin.REQUIRED, policy: str = "", split:
 
   summary = _summarize(task, path, problems, counts.tokens)
   longest = ("" if summary["longest_inputs"] is None else
-             f", longest prompt {summary['longest_inputs']} tokens (train.inputs_length)")
+             f", longest prompt {summary['longest_inputs']} tokens (train_revision.inputs_length)")
   print(f"make_revision_data: {summary['questions']} questions of {task.name} {split}, "
         f"{summary['solutions_correct']} of {summary['solutions_sampled']} solutions correct, "
         f"{summary['examples']} examples with {summary['mean_context']:.2f} attempts in "
@@ -334,11 +335,11 @@ def register_revision_task(name: str, data_path: str, task,
   `labeling.split_of_uid` (the PRM labels' split of the same questions). The file is
   read when a dataset is requested, so registering may precede the stage.
 
-  The returned task is `task` renamed (the same problems, grading and prompts): `train`
-  reads the seqio task of its task's name, so `train.task = @register_revision_task()`
-  fine-tunes on this data. Set train.inputs_length to at least the stage's
+  The returned task is `task` renamed (the same problems, grading and prompts): the
+  trainer reads the seqio task of its task's name (`train_revision` registers it and
+  fine-tunes on it). Set inputs_length to at least make_revision_data's
   "longest_inputs": seqio keeps the first tokens of a longer input, which would cut the
-  latest attempts.
+  latest attempts (`train_revision` refuses such a length).
   """
   task = task_lib.get(task)
   if name == task.name:
