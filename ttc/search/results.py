@@ -45,14 +45,18 @@ def parse_line(line: bytes, path: str, lineno: int) -> dict:
   return record
 
 
-def read_results(path: str) -> list[dict]:
-  """Every record of a results file; UserError for a missing file or a bad line."""
+def read_results(path: str, stage: str = "search_sweep") -> list[dict]:
+  """Every record of a results file; UserError for a missing file or a bad line.
+
+  stage: the stage that writes the file (`ttc.revision.sweep` writes this schema too),
+  named in the error a user sees.
+  """
   if not os.path.exists(path):
-    raise UserError(f"search results {path} not found; run search_sweep first")
+    raise UserError(f"results {path} not found; run {stage} first")
   with open(path, "rb") as f:
     lines = f.read().split(b"\n")
   if lines[-1]:
-    raise UserError(f"{path} line {len(lines)} is cut mid-line; rerun search_sweep")
+    raise UserError(f"{path} line {len(lines)} is cut mid-line; rerun {stage}")
   return [parse_line(line, path, n) for n, line in enumerate(lines[:-1], start=1)]
 
 
