@@ -96,3 +96,23 @@ def test_quickstart_pipeline_end_to_end_in_miniature(tmp_path):
                 if p.name.isdigit()) == ["3", "6"]
   operative = (tmp_path / "operative_config.gin").read_text()
   assert "train.num_steps = 6" in operative
+
+
+CONFIGS = sorted(os.path.relpath(os.path.join(d, f), REPO)
+                 for d, _, files in os.walk(os.path.join(REPO, "configs"))
+                 for f in files if f.endswith(".gin"))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_parses_with_the_driver(config):
+  """Each gin file names only configurables and parameters that exist (a typo in a
+  rarely run config, e.g. a paper-size one, would otherwise surface hours into a run)."""
+  import gin
+
+  from ttc import main
+  main._import_configurables()
+  gin.clear_config()
+  try:
+    main.parse_config([config], [], [])
+  finally:
+    gin.clear_config()

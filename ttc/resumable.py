@@ -50,6 +50,20 @@ def repair(path: str, parse: Callable[[bytes, int], dict], key: Callable[[dict],
   return keys
 
 
+def read_records(path: str, parse: Callable[[bytes, int], dict], stage: str,
+                 what: str = "results") -> list[dict]:
+  """Every record of a JSONL file that `stage` appends to, each line through
+  parse(line, lineno); UserError if the file is missing or its last line is cut (a
+  kill that `stage` repairs when rerun)."""
+  if not os.path.exists(path):
+    raise UserError(f"{what} {path} not found; run {stage} first")
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  if lines[-1]:
+    raise UserError(f"{path} line {len(lines)} is cut mid-line; rerun {stage}")
+  return [parse(line, n) for n, line in enumerate(lines[:-1], start=1)]
+
+
 def parse_json_line(line: bytes, path: str, lineno: int, hint: str):
   """The JSON value of one line; UserError naming the file, the 1-based line and `hint`."""
   try:

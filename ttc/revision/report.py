@@ -80,13 +80,8 @@ def parse_chain_line(line: bytes, path: str, lineno: int) -> dict:
 
 def read_chains(path: str) -> list[dict]:
   """Every line of a chains file; UserError for a missing file or a bad line."""
-  if not os.path.exists(path):
-    raise UserError(f"revision chains {path} not found; run revision_sweep first")
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  if lines[-1]:
-    raise UserError(f"{path} line {len(lines)} is cut mid-line; rerun revision_sweep")
-  return [parse_chain_line(line, path, n) for n, line in enumerate(lines[:-1], start=1)]
+  return resumable.read_records(path, lambda line, n: parse_chain_line(line, path, n),
+                                "revision_sweep", "revision chains")
 
 
 # ----------------------------------------------------------------------------- a, b: chains

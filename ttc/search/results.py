@@ -18,7 +18,6 @@ over problems (`ttc.stats`).
 """
 
 import collections
-import os
 
 import numpy as np
 
@@ -51,13 +50,7 @@ def read_results(path: str, stage: str = "search_sweep") -> list[dict]:
   stage: the stage that writes the file (`ttc.revision.sweep` writes this schema too),
   named in the error a user sees.
   """
-  if not os.path.exists(path):
-    raise UserError(f"results {path} not found; run {stage} first")
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
-  if lines[-1]:
-    raise UserError(f"{path} line {len(lines)} is cut mid-line; rerun {stage}")
-  return [parse_line(line, path, n) for n, line in enumerate(lines[:-1], start=1)]
+  return resumable.read_records(path, lambda line, n: parse_line(line, path, n), stage)
 
 
 # ----------------------------------------------------------------------------- summaries
