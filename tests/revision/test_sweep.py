@@ -12,13 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from ttc import checkpointing, partitioning, resumable, workdir as workdir_lib
+from ttc import resumable, workdir as workdir_lib
 from ttc.data import arith_task
 from ttc.errors import UserError
 from ttc.revision import chains as chains_lib, report, sweep, verifier as verifier_lib
 from ttc.search import results
-from ttc.verifiers import reward_model
-from tests.verifiers.conftest import POLICY_CONFIG, write_policy_workdir
+from tests.verifiers.conftest import write_policy_workdir, write_reward_model
 
 TASK = "revision_sweep_test"
 RULES = ("maj", "hier", "flat")
@@ -36,13 +35,7 @@ def template(tmp_path_factory):
   """A work dir as train_revision and train_orm leave it: random tiny weights."""
   path = tmp_path_factory.mktemp("revision_sweep") / "work"
   write_policy_workdir(path / "revision_model")
-  orm = reward_model.RewardModel(POLICY_CONFIG)
-  params = partitioning.init_params(orm, jax.random.key(5))
-  params["params"]["value_head"]["kernel"] *= 100.0  # spread the scores over (0, 1)
-  workdir_lib.save_model_config(str(path / "revision_orm"), POLICY_CONFIG)
-  mngr = checkpointing.manager(str(path / "revision_orm" / "best"), keep=1)
-  checkpointing.save(mngr, 1, {"params": params}, 1)
-  mngr.close()
+  write_reward_model(path / "revision_orm", seed=5)
   return path
 
 

@@ -9,17 +9,15 @@ import subprocess
 import sys
 import typing
 
-import jax
 import numpy as np
 import pytest
 
-from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc import workdir as workdir_lib
 from ttc.data import arith_task, task as task_lib
 from ttc.errors import UserError
 from ttc.search import report, results, sweep, tree_search
-from ttc.verifiers import reward_model
 from tests.kill_mid_write import KILL_AT_SECOND_WRITE
-from tests.verifiers.conftest import POLICY_CONFIG, write_policy_workdir
+from tests.verifiers.conftest import write_policy_workdir, write_reward_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP = [
@@ -49,13 +47,7 @@ def _cli(workdir, *flags, check=True):
 def workdir(tmp_path):
   """A random tiny policy and a PRM on its backbone, as train and train_prm leave them."""
   path = write_policy_workdir(tmp_path / "work")
-  prm = reward_model.RewardModel(POLICY_CONFIG)
-  params = partitioning.init_params(prm, jax.random.key(5))
-  params["params"]["value_head"]["kernel"] *= 100.0  # spread the scores over (0, 1)
-  workdir_lib.save_model_config(str(path / "prm"), POLICY_CONFIG)
-  mngr = checkpointing.manager(str(path / "prm" / "best"), keep=1)
-  checkpointing.save(mngr, 1, {"params": params}, 1)
-  mngr.close()
+  write_reward_model(path / "prm", seed=5)
   return path
 
 

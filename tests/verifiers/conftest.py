@@ -61,3 +61,18 @@ def write_tiny_hf_policy(directory, alphabet: str, seed: int = 0) -> str:
       tie_word_embeddings=False, max_position_embeddings=256)
   transformers.LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
   return str(directory)
+
+
+def write_reward_model(directory, seed: int, config: ModelConfig = POLICY_CONFIG):
+  """What train_prm / train_orm leave behind (model_config.json, best/), with random
+  weights whose value head is scaled so the scores spread over (0, 1)."""
+  from ttc import workdir as workdir_lib
+  from ttc.verifiers import reward_model
+  model = reward_model.RewardModel(config)
+  params = partitioning.init_params(model, jax.random.key(seed))
+  params["params"]["value_head"]["kernel"] *= 100.0
+  workdir_lib.save_model_config(str(directory), config)
+  mngr = checkpointing.manager(str(directory / "best"), keep=1)
+  checkpointing.save(mngr, 1, {"params": params}, 1)
+  mngr.close()
+  return directory

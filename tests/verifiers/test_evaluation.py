@@ -8,15 +8,14 @@ always wrong, whatever the reward models say.
 
 import json
 
-import jax
 import pytest
 
-from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc import workdir as workdir_lib
 from ttc.data import arith_task
 from ttc.decoding import sampling
 from ttc.errors import UserError
-from ttc.verifiers import evaluation, labeling, reward_model
-from tests.verifiers.conftest import POLICY_CONFIG
+from ttc.verifiers import evaluation, labeling
+from tests.verifiers.conftest import write_reward_model
 from tests.verifiers.test_labeling import LEVELS, FakePolicy, no_step_checker_task
 
 
@@ -27,13 +26,7 @@ def workdir(tmp_path, monkeypatch):
   monkeypatch.setattr(workdir_lib, "load_policy", lambda source, devices, workdir="": workdir_lib.Policy(
       None, None, workdir_lib.char_codec(), source, "workdir", 7))
   for name, seed in (("prm", 1), ("orm", 2)):
-    model = reward_model.RewardModel(POLICY_CONFIG)
-    params = partitioning.init_params(model, jax.random.key(seed))
-    params["params"]["value_head"]["kernel"] *= 100.0  # spread the scores over (0, 1)
-    workdir_lib.save_model_config(str(tmp_path / name), POLICY_CONFIG)
-    mngr = checkpointing.manager(str(tmp_path / name / "best"), keep=1)
-    checkpointing.save(mngr, 1, {"params": params}, 1)
-    mngr.close()
+    write_reward_model(tmp_path / name, seed)
   return tmp_path
 
 
