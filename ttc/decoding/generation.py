@@ -34,6 +34,17 @@ class Generations:
     return self.texts[rows], self.finished[rows]
 
 
+def decode_rows(codec, samples: sampling.Samples) -> tuple[list[str], list[bool], list[int]]:
+  """Per row of `samples`: (its text without the stop token, whether it stopped at EOS
+  or a stop id rather than running out of tokens, tokens generated with the stop)."""
+  tokens_BxG, lengths_B = np.asarray(samples.tokens_BxG), np.asarray(samples.lengths_B)
+  stopped_B = np.isin(np.asarray(samples.stop_reason_B),
+                      (sampling.StopReason.EOS, sampling.StopReason.STOP_TOKEN))
+  texts = [codec.decode(row[:n - int(stop)].tolist())
+           for row, n, stop in zip(tokens_BxG, lengths_B, stopped_B)]
+  return texts, stopped_B.tolist(), lengths_B.tolist()
+
+
 def generate_texts(policy, prompts: Sequence[Sequence[int]], rng, sampler: samplers.Sampler, *,
                    num_samples: int, max_new_tokens: int, prompts_per_call: int,
                    stop_ids: tuple[int, ...] = (), progress: str = "") -> Generations:
@@ -54,11 +65,8 @@ def generate_texts(policy, prompts: Sequence[Sequence[int]], rng, sampler: sampl
                                   jax.random.fold_in(rng, call), sampler,
                                   num_samples=num_samples, max_new_tokens=max_new_tokens,
                                   eos_id=codec.eos_id, stop_ids=tuple(stop_ids))
-    tokens_BxG, lengths_B = np.asarray(out.tokens_BxG), np.asarray(out.lengths_B)
-    stopped_B = np.isin(np.asarray(out.stop_reason_B),
-                        (sampling.StopReason.EOS, sampling.StopReason.STOP_TOKEN))
-    texts.extend(codec.decode(row[:n - int(stop)].tolist())
-                 for row, n, stop in zip(tokens_BxG, lengths_B, stopped_B))
-    finished.extend(stopped_B.tolist())
-    num_tokens += int(lengths_B.sum())
+    call_texts, call_finished, lengths = decode_rows(codec, out)
+    texts += call_texts
+    finished += call_finished
+    num_tokens += sum(lengths)
   return Generations(texts, finished, num_tokens)

@@ -28,7 +28,7 @@ import numpy as np
 import tqdm
 
 from ttc.data import task as task_lib
-from ttc.decoding import samplers, sampling
+from ttc.decoding import generation, samplers, sampling
 from ttc.errors import UserError
 from ttc.revision import context
 
@@ -112,7 +112,6 @@ def next_attempts(policy, task: task_lib.Task, problems: Sequence[task_lib.Probl
   groups = [(q, list(range(start, min(start + group_size, len(chains)))))
             for q, chains in enumerate(prompts) for start in range(0, len(chains), group_size)]
   groups_per_call = max(1, rows_per_call // group_size)
-  stopped = (sampling.StopReason.EOS, sampling.StopReason.STOP_TOKEN)
   out = [[None] * len(chains) for chains in prompts]
   for call, start in enumerate(range(0, len(groups), groups_per_call)):
     call_groups = groups[start:start + groups_per_call]
@@ -126,15 +125,12 @@ def next_attempts(policy, task: task_lib.Task, problems: Sequence[task_lib.Probl
         policy.model, policy.params, prefixes, suffixes, jax.random.fold_in(rng, call), sampler,
         num_samples=group_size, max_new_tokens=max_new_tokens, eos_id=codec.eos_id,
         stop_ids=codec.stop_ids(task.chat))
-    tokens_BxG, lengths_B = np.asarray(samples.tokens_BxG), np.asarray(samples.lengths_B)
-    finished_B = np.isin(np.asarray(samples.stop_reason_B), stopped)
+    texts, finished, lengths = generation.decode_rows(codec, samples)
     for g, (q, chains) in enumerate(call_groups):
       for i, c in enumerate(chains):
         row = g * group_size + i
-        length, finished = int(lengths_B[row]), bool(finished_B[row])
-        text = codec.decode(tokens_BxG[row, :length - int(finished)].tolist())
-        out[q][c] = Attempt(text=text, finished=finished, num_tokens=length,
-                            answer=task.extract_answer(text) if finished else None)
+        out[q][c] = Attempt(text=texts[row], finished=finished[row], num_tokens=lengths[row],
+                            answer=task.extract_answer(texts[row]) if finished[row] else None)
   return out
 
 
