@@ -113,7 +113,7 @@ def sample_solutions(run: Sampling, question_prompts: list, rng, num_solutions: 
   return kept
 
 
-def _rollout_wins(run: Sampling, problems: list, question_prompts: list, kept: list, rng,
+def rollout_wins(run: Sampling, problems: list, question_prompts: list, kept: list, rng,
                   num_rollouts: int, counts: Counts) -> list[dict]:
   """Per question, {step prefix text: rollouts (of num_rollouts) that end in its answer}.
 
@@ -122,16 +122,20 @@ def _rollout_wins(run: Sampling, problems: list, question_prompts: list, kept: l
   set of rollouts: they ask the policy the same question.
   """
   prefixes = {}  # (question index, prefix text) -> first-seen order
+  remaining = {}  # the same key -> characters the solutions that share it wrote after it
   for q, solutions in enumerate(kept):
     for text in solutions:
       for end in run.task.step_end_offsets(text)[:-1]:
         prefixes.setdefault((q, text[:end + 1]), len(prefixes))
+        remaining.setdefault((q, text[:end + 1]), []).append(len(text) - end - 1)
   wins = [dict() for _ in problems]
   if not prefixes:
     return wins
   ids = {k: question_prompts[k[0]] + run.policy.codec.encode(k[1]) for k in prefixes}
-  # Similar lengths share a call: less padding, and their rollouts end at similar steps.
-  keys = sorted(prefixes, key=lambda k: (len(ids[k]), prefixes[k]))
+  # A call decodes until its longest rollout stops, so rollouts that should take about as
+  # long share a call: sorted by what the sampled solutions wrote after the prefix, then
+  # by prefix length (less padding).
+  keys = sorted(prefixes, key=lambda k: (np.mean(remaining[k]), len(ids[k]), prefixes[k]))
   out = run.generate([ids[k] for k in keys], rng, num_rollouts)
   for j, (q, prefix) in enumerate(keys):
     rollouts, finished = out.per_prompt(j, num_rollouts)
@@ -165,7 +169,7 @@ def _label_chunk(run: Sampling, problems: list, rng, num_solutions: int,
   question_prompts = [codec.encode_prompt(task.prompt(p), task.chat) for p in problems]
   kept = sample_solutions(run, question_prompts, jax.random.fold_in(rng, 0), num_solutions,
                            counts)
-  wins = _rollout_wins(run, problems, question_prompts, kept, jax.random.fold_in(rng, 1),
+  wins = rollout_wins(run, problems, question_prompts, kept, jax.random.fold_in(rng, 1),
                        num_rollouts, counts)
   return [{"uid": p.uid, "question": p.question, "prompt": task.prompt(p), "answer": p.answer,
            "level": p.level, "num_sampled": num_solutions,
