@@ -30,10 +30,11 @@ def workdir(tmp_path, monkeypatch):
   return tmp_path
 
 
-def _evaluate(workdir, task):
+def _evaluate(workdir, task, **overrides):
   return evaluation.evaluate_verifiers(
       str(workdir), task=task, split="test", num_samples=5, ns=(1, 5), max_new_tokens=40,
-      batch_size=10, max_problems_per_level=2, score_batch_size=16, validation_percent=50)
+      batch_size=10, max_problems_per_level=2, score_batch_size=16, validation_percent=50,
+      **overrides)
 
 
 def _check_answer_level(results):
@@ -43,6 +44,8 @@ def _check_answer_level(results):
   assert results["accuracy"]["majority"]["5"][0] == 0.0
   for name in ("ORM weighted", "PRM-last weighted", "PRM-min weighted", "PRM-prod weighted"):
     assert 0.0 <= results["accuracy"][name]["5"][0] <= 1.0
+  # Equal scores through the weighted rule: majority vote, tie rule and all.
+  assert results["accuracy"]["constant"] == results["accuracy"]["majority"]
   assert 0.0 <= results["outcome_auroc"]["ORM"] <= 1.0
 
 
@@ -62,18 +65,32 @@ def test_step_metrics_of_a_task_with_a_step_checker(workdir):
     assert (f1["num_error"], f1["num_correct"]) == (12, 8)
     assert 0.0 <= f1["f1"] <= 1.0
   assert results["prm_first_error_f1@0.5"]["threshold"] == 0.5
+  assert results["constant_first_error_auroc"] == 0.5
+  within, constant = results["sibling_auroc"]["PRM"], results["sibling_auroc"]["constant"]
+  assert 0.0 <= within["low"] <= within["auroc"] <= within["high"] <= 1.0
+  assert (constant["auroc"], constant["low"], constant["high"]) == (0.5, 0.5, 0.5)
+  # Two parents per problem have a wrong child: the root (kind 1's first step) and the
+  # reference steps (kind 2's wrong box vs kind 0's box and kind 3's box + newline, a
+  # distinct verifier input). At the root of a one-step problem kind 4's bare step also
+  # differs from the step + newline: 2 + 2 pairs there, 1 + 2 for two-step problems.
+  assert (within["pairs"], within["parents"], within["questions"]) == (14, 8, 4)
+  assert constant["pairs"] == within["pairs"]
 
 
 def test_a_task_without_step_checker_reports_step_metrics_as_null(workdir, capsys):
   # No labels file either: without a checker there is no threshold to tune.
-  results = _evaluate(workdir, no_step_checker_task("test_evaluation_unchecked"))
+  results = _evaluate(workdir, no_step_checker_task("test_evaluation_unchecked"),
+                      output_name="verifiers_other_prm.json")
   _check_answer_level(results)
   assert results["step_checker"] is False
-  for key in ("prm_first_error_auroc", "prm_first_error_f1@0.5",
-              "prm_first_error_f1@held_out_threshold"):
+  for key in ("prm_first_error_auroc", "constant_first_error_auroc", "sibling_auroc",
+              "prm_first_error_f1@0.5", "prm_first_error_f1@held_out_threshold"):
     assert results[key] is None
-  written = json.loads((workdir / "verifiers_test.json").read_text())
+  assert not (workdir / "verifiers_test.json").exists()
+  written = json.loads((workdir / "verifiers_other_prm.json").read_text())
   assert written["prm_first_error_auroc"] is None and written["pass@1"] == results["pass@1"]
+  assert (written["prm_dir"], written["orm_dir"]) == ("prm", "orm")
+  assert len(written["samples_sha256"]) == 64
   assert "no ground-truth step checker" in capsys.readouterr().out
 
 

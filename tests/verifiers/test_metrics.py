@@ -72,6 +72,112 @@ def test_first_error_steps_names_the_ragged_solution():
 
 
 # ---------------------------------------------------------------------------
+# Within-sibling AUROC.
+
+# One question: after the shared correct step "a", the siblings "b" (correct) and "x"
+# (wrong); at the root, "a" (correct) and "y" (wrong).
+SIBLING_TEXTS = [["a", "b"], ["a", "x"], ["y", "z"]]
+SIBLING_LABELS = [[True, True], [True, False], [False, False]]
+
+
+def _one_question(scores):
+  return metrics.sibling_counts(SIBLING_TEXTS, scores, SIBLING_LABELS)
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([[0.9, 0.8], [0.9, 0.2], [0.1, 0.7]], 1.0),  # both parents ranked right
+    ([[0.1, 0.2], [0.1, 0.8], [0.9, 0.7]], 0.0),  # both inverted
+    ([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]], 0.5),  # all ties
+    ([[0.9, 0.2], [0.9, 0.8], [0.1, 0.7]], 0.5),  # root right, under "a" wrong
+])
+def test_sibling_counts_rank_pairs_of_one_parent(scores, expected):
+  got = _one_question(scores)
+  assert (got.pairs, got.parents) == (2, 2)
+  assert got.wins / got.pairs == expected
+
+
+def test_siblings_compare_within_a_parent_not_across_questions():
+  # A hard question scored low throughout and an easy one scored high: pooled, the
+  # correct steps lose to the wrong ones, yet each question ranks its siblings right.
+  hard = ([["a"]] * 3 + [["y"]], [[0.2]] * 3 + [[0.1]], [[True]] * 3 + [[False]])
+  easy = ([["a"]] + [["y"]] * 3, [[0.9]] + [[0.8]] * 3, [[True]] + [[False]] * 3)
+  pooled = metrics.first_error_steps(hard[1] + easy[1], hard[2] + easy[2])
+  assert metrics.auroc(*pooled) == pytest.approx(7 / 16)
+  got = metrics.sibling_auroc([metrics.sibling_counts(*hard), metrics.sibling_counts(*easy)])
+  assert (got["auroc"], got["pairs"], got["parents"]) == (1.0, 2, 2)
+
+
+def test_a_parent_with_only_correct_children_adds_no_pairs():
+  got = metrics.sibling_counts([["a", "b"], ["a", "c"], ["a", "d"]],
+                               [[0.5, 0.9], [0.5, 0.1], [0.5, 0.4]],
+                               [[True] * 2] * 3)
+  assert (got.wins, got.pairs, got.parents) == (0.0, 0, 0)
+  assert np.isnan(metrics.sibling_auroc([got])["auroc"])
+
+
+def test_repeated_siblings_count_once_with_their_mean_score():
+  # "b" sampled three times after "a" is one candidate, not three pairs against "x".
+  texts = [["a", "b"], ["a", "b"], ["a", "b"], ["a", "x"]]
+  labels = [[True, True]] * 3 + [[True, False]]
+  got = metrics.sibling_counts(texts, [[0.5, 0.6], [0.5, 0.6], [0.5, 0.6], [0.5, 0.4]], labels)
+  assert (got.wins, got.pairs, got.parents) == (1.0, 1, 1)
+  # Scores of one candidate that differ by numerics are averaged: 0.39 vs 0.4 is a loss.
+  got = metrics.sibling_counts(texts, [[0.5, 0.6], [0.5, 0.3], [0.5, 0.27], [0.5, 0.4]],
+                               labels)
+  assert (got.wins, got.pairs) == (0.0, 1)
+
+
+def test_steps_after_the_first_error_are_not_candidates():
+  # After the wrong "x", the "correct"-labelled "c" and the wrong "d" would make a pair
+  # (ranked wrong); they are past the first error, so only ("b", "x") counts.
+  texts = [["a", "b"], ["a", "x", "c"], ["a", "x", "d"]]
+  labels = [[True, True], [True, False, True], [True, False, False]]
+  got = metrics.sibling_counts(texts, [[0.5, 0.9], [0.5, 0.1, 0.1], [0.5, 0.1, 0.9]], labels)
+  assert (got.wins, got.pairs, got.parents) == (1.0, 1, 1)
+
+
+def test_sibling_counts_rejects_inconsistent_or_bad_inputs():
+  with pytest.raises(ValueError, match="same prefix"):
+    metrics.sibling_counts([["a"], ["a"]], [[0.1], [0.2]], [[True], [False]])
+  with pytest.raises(ValueError, match="finite"):
+    metrics.sibling_counts([["a"], ["x"]], [[np.nan], [0.2]], [[True], [False]])
+  with pytest.raises(ValueError, match="solution 0 has 2 step texts"):
+    metrics.sibling_counts([["a", "b"]], [[0.1]], [[True]])
+
+
+def test_sibling_auroc_pools_pairs_over_questions_with_an_interval():
+  right = metrics.SiblingCounts(wins=3.0, pairs=3, parents=1)
+  wrong = metrics.SiblingCounts(wins=0.0, pairs=1, parents=1)
+  none = metrics.SiblingCounts(wins=0.0, pairs=0, parents=0)
+  got = metrics.sibling_auroc([right, wrong, none])
+  # Pooled over pairs (3 / 4), not the mean of per-question AUROCs (1 / 2).
+  assert got["auroc"] == 0.75
+  assert (got["pairs"], got["parents"], got["questions"]) == (4, 2, 2)
+  assert 0.0 <= got["low"] <= got["auroc"] <= got["high"] <= 1.0
+  assert got == metrics.sibling_auroc([right, wrong, none])  # seeded
+  empty = metrics.sibling_auroc([none])
+  assert np.isnan(empty["auroc"]) and (empty["pairs"], empty["questions"]) == (0, 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sibling_auroc_of_a_constant_verifier_is_one_half(seed):
+  # Random trees of steps over a small alphabet, so parents and siblings repeat.
+  rng = np.random.default_rng(seed)
+  questions = []
+  for _ in range(4):
+    texts = [list(rng.choice(list("abc"), int(rng.integers(1, 5)))) for _ in range(16)]
+    labels = [list(rng.random(len(t)) < 0.6) for t in texts]
+    # Labels must be a function of (prefix, step): take those of the first occurrence.
+    first = {}
+    labels = [[first.setdefault((tuple(t[:i]), t[i]), y[i]) for i in range(len(t))]
+              for t, y in zip(texts, labels)]
+    questions.append(metrics.sibling_counts(texts, [[0.5] * len(t) for t in texts], labels))
+  got = metrics.sibling_auroc(questions)
+  assert got["pairs"] > 0
+  assert (got["auroc"], got["low"], got["high"]) == (0.5, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------------------
 # ProcessBench F1.
 
 HAND_SCORES = [

@@ -5,16 +5,24 @@ with both reward models (whole-sequence passes) and reports:
 
   * step-level, where the task has a ground-truth step checker (arith does, MATH does
     not; otherwise these are null): AUROC of the PRM's score on correct steps vs the
-    first wrong step, and ProcessBench-style first-error F1 at threshold 0.5 and at the
-    threshold that maximises F1 on the labels' held-out questions (never on the
-    evaluated split);
+    first wrong step, the same AUROC within siblings (candidate next steps of one
+    prefix, what beam search compares; `metrics.sibling_counts`), and
+    ProcessBench-style first-error F1 at threshold 0.5 and at the threshold that
+    maximises F1 on the labels' held-out questions (never on the evaluated split);
   * answer accuracy at N = 1, 4, 16, 64 (disjoint groups of the K samples) for
     majority vote, ORM-weighted best-of-N and PRM-weighted best-of-N with last /
     min / product step aggregation, with 95% bootstrap intervals over questions.
 
-Writes `<workdir>/verifiers_<split>.json` and prints the table.
+Every ranking metric is also reported for a constant verifier (all scores equal),
+computed by the same code: the floor a verifier must beat (AUROC 0.5; weighted
+best-of-N = majority vote).
+
+Writes `<workdir>/verifiers_<split>.json` (or `output_name`) and prints the table.
+Two runs with the same policy and seed but another `prm_dir` sample alike
+(`samples_sha256` checks it), so their JSONs compare two PRMs on the same solutions.
 """
 
+import hashlib
 import json
 import os
 from typing import Optional
@@ -24,13 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc import workdir as workdir_lib
+from ttc import stats, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import generation, samplers
 from ttc.errors import UserError
 from ttc.verifiers import aggregation, labeling, metrics, scoring
 
 PRM_AGGREGATIONS = ("last", "min", "prod")
+CONSTANT_SCORE = 0.5  # of the constant verifier, the floor: any value ranks alike
 
 
 def sample_solutions(policy: workdir_lib.Policy, task: task_lib.Task, problems, *,
@@ -53,6 +62,14 @@ def sample_solutions(policy: workdir_lib.Policy, task: task_lib.Task, problems, 
                    "correct": answer is not None and task.is_correct(answer, problem)})
     solutions.append(rows)
   return solutions
+
+
+def _step_texts(task: task_lib.Task, text: str) -> list[str]:
+  """Each step of `task.split_steps(text)` as the verifier reads it: the text from the
+  end of the previous step through this step's delimiter (or to the end, where EOS
+  follows), so equal step texts after equal prefixes mean equal verifier inputs."""
+  ends = task.step_end_offsets(text)
+  return [text[start + 1:end + 1] for start, end in zip([-1] + ends[:-1], ends)]
 
 
 def _sequences(task: task_lib.Task, codec, prompt_ids: list[int], texts: list[str]):
@@ -97,14 +114,41 @@ def _auroc(scores, labels) -> float:
   return metrics.auroc(scores, labels) if 0 < labels.sum() < labels.size else float("nan")
 
 
+def _constant(step_scores: list) -> list:
+  """The scores of a verifier that cannot tell steps apart, ragged like step_scores."""
+  return [[CONSTANT_SCORE] * len(s) for s in step_scores]
+
+
 def _step_metrics(prm_steps: list, truth: list, threshold: float) -> dict:
   """Step-level metrics on the solutions with at least one step."""
   stepped = [i for i, t in enumerate(truth) if t]
   scores, labels = [prm_steps[i] for i in stepped], [truth[i] for i in stepped]
   return {"solutions": len(stepped),
           "auroc": _auroc(*metrics.first_error_steps(scores, labels)),
+          "constant_auroc": _auroc(*metrics.first_error_steps(_constant(scores), labels)),
           "f1@0.5": metrics.first_error_f1(scores, labels),
           "f1@held_out": metrics.first_error_f1(scores, labels, threshold)}
+
+
+def _sibling_metrics(step_texts: list, prm_steps: list, truth: list, num_samples: int) -> dict:
+  """{"PRM": ..., "constant": ...}: `metrics.sibling_auroc` over questions, whose
+  solutions are consecutive runs of `num_samples` in the flat per-solution lists."""
+  per_question = lambda a: [a[i:i + num_samples] for i in range(0, len(a), num_samples)]
+  out = {}
+  for name, scores in (("PRM", prm_steps), ("constant", _constant(prm_steps))):
+    counts = [metrics.sibling_counts(*q) for q in zip(per_question(step_texts),
+                                                      per_question(scores), per_question(truth))]
+    out[name] = metrics.sibling_auroc(counts)
+  return out
+
+
+def _samples_sha256(solutions: list[list[dict]]) -> str:
+  """A digest of every sampled text, in order: equal in two runs that sampled alike."""
+  digest = hashlib.sha256()
+  for rows in solutions:
+    for r in rows:
+      digest.update(r["text"].encode() + b"\0")
+  return digest.hexdigest()
 
 
 @gin.configurable(denylist=["workdir"])
@@ -114,14 +158,16 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
                        max_problems_per_level: int = 0, score_batch_size: int = 64,
                        prm_dir: str = "prm", orm_dir: str = "orm",
                        labels_file: str = "prm_labels.jsonl", validation_percent: int = 10,
-                       seed: int = 0):
+                       seed: int = 0, output_name: str = ""):
   """Samples `num_samples` solutions per problem of `split` and measures both verifiers.
 
   task: a `ttc.data.task.Task` (or a registered task name).
   policy: the checkpoint to sample ("" = this work dir's; a path or "smollm2"); the
-    reward models in `prm_dir` / `orm_dir` must read its tokens.
-  Returns the results written to `<workdir>/verifiers_<split>.json`; the step-level
-  entries are None where the task has no step checker.
+    reward models in `prm_dir` / `orm_dir` (under the work dir) must read its tokens.
+  output_name: the results file in the work dir ("" = `verifiers_<split>.json`), e.g.
+    one per `prm_dir` when comparing PRMs on the same samples.
+  Returns the results written there; the step-level entries are None where the task
+  has no step checker.
   """
   task = task_lib.get(task)
   for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens),
@@ -163,17 +209,23 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
   aggregation.validate_step_scores(step_scores, num_steps)
   aggregation.validate_step_scores(np.asarray(orm_final)[:, None], np.ones(len(flat), np.int32))
   steps: Optional[dict] = None
+  siblings: Optional[dict] = None
   if checked:
     truth = [task.step_correctness(p, r["text"]) for p, rows in zip(problems, solutions)
              for r in rows]
     steps = _step_metrics(prm_steps, truth, threshold)
+    siblings = _sibling_metrics([_step_texts(task, r["text"]) for r in flat], prm_steps, truth,
+                                num_samples)
 
   # Answer level: [Q, K] arrays, answers made ids per question (equal ids = same answer).
   shape = (len(problems), num_samples)
   answer_ids = np.stack([np.asarray(task.answer_ids([r["answer"] for r in rows]), np.int32)
                          for rows in solutions])
   correct = np.asarray([r["correct"] for r in flat]).reshape(shape)
-  scores = {"ORM weighted": np.asarray(orm_final, np.float32).reshape(shape)}
+  # The constant verifier goes through the weighted rule like the others: it must come
+  # out equal to majority vote, which checks the path rather than assuming it.
+  scores = {"constant": np.full(shape, CONSTANT_SCORE, np.float32),
+            "ORM weighted": np.asarray(orm_final, np.float32).reshape(shape)}
   for how in PRM_AGGREGATIONS:
     scores[f"PRM-{how} weighted"] = np.asarray(
         aggregation.solution_scores(step_scores, num_steps, how)).reshape(shape)
@@ -188,8 +240,11 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
   results = {
       "task": task.name, "split": split, **loaded.describe(), "problems": len(problems),
       "samples_per_problem": num_samples, "pass@1": float(outcome.mean()),
-      "step_checker": checked,
+      "samples_sha256": _samples_sha256(solutions), "seed": seed, "temperature": temperature,
+      "prm_dir": prm_dir, "orm_dir": orm_dir, "step_checker": checked,
       "prm_first_error_auroc": steps and steps["auroc"],
+      "constant_first_error_auroc": steps and steps["constant_auroc"],
+      "sibling_auroc": siblings,
       "prm_first_error_f1@0.5": steps and steps["f1@0.5"],
       "prm_first_error_f1@held_out_threshold": steps and steps["f1@held_out"],
       "outcome_auroc": {"ORM": _auroc(orm_final, outcome),
@@ -204,7 +259,13 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
     print(f"step-level metrics: none (task {task.name} has no ground-truth step checker)")
   else:
     print(f"PRM AUROC, correct steps vs first wrong step: {steps['auroc']:.3f} "
-          f"({steps['solutions']} solutions)")
+          f"({steps['solutions']} solutions; constant verifier {steps['constant_auroc']:.3f})")
+    within = siblings["PRM"]
+    print("PRM AUROC within siblings (next steps of one prefix, as beam search compares): "
+          f"{stats.format_interval(within['auroc'], within['low'], within['high'])} on "
+          f"{within['pairs']} pairs under {within['parents']} prefixes of "
+          f"{within['questions']} problems; constant "
+          f"verifier {siblings['constant']['auroc']:.3f}")
     for name, f1 in (("0.5", steps["f1@0.5"]),
                      (f"{threshold:.2f} (held-out labels)", steps["f1@held_out"])):
       print(f"PRM first-error F1 at threshold {name}: {f1['f1']:.3f} (error acc "
@@ -214,6 +275,6 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
       f"{k} {v:.3f}" for k, v in results["outcome_auroc"].items()))
   print("accuracy, 95% bootstrap intervals over problems:")
   print(metrics.format_accuracy_table(table))
-  with open(os.path.join(workdir, f"verifiers_{split}.json"), "w") as f:
+  with open(os.path.join(workdir, output_name or f"verifiers_{split}.json"), "w") as f:
     json.dump(results, f, indent=1)
   return results

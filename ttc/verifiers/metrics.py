@@ -6,6 +6,10 @@ a verifier can be judged step by step as well as by the answers it selects:
   * `auroc` (+ `first_error_steps`): do correct steps score above the first wrong
     step? Steps after the first error are dropped: their label is decided by the
     earlier error, and a PRM is not asked to re-detect it.
+  * `sibling_counts` / `sibling_auroc`: the same question asked only among the
+    candidate next steps of one prefix, which is all beam search ever compares
+    (issue 18): a PRM can separate good from bad steps globally (by depth, by
+    question) and still rank siblings no better than chance.
   * `first_error_f1` (+ `best_threshold`): ProcessBench-style (Zheng et al. 2024)
     first-error identification at a score threshold.
   * `subset_accuracy`: accuracy of best-of-n selection, averaged over disjoint
@@ -17,6 +21,7 @@ Everything here runs on the host (numpy) except the selection inside
 `subset_accuracy`, which reuses the jitted `aggregation.choose_answer`.
 """
 
+import dataclasses
 import functools
 from typing import Optional, Sequence
 
@@ -96,6 +101,112 @@ def first_error_steps(step_scores: Sequence[Sequence[float]],
     scores.extend(float(v) for v in s[:keep])
     correct.extend(bool(v) for v in t[:keep])
   return np.asarray(scores, np.float64), np.asarray(correct, bool)
+
+
+# ---------------------------------------------------------------------------
+# Within-sibling AUROC: the ranking beam search uses.
+
+
+@dataclasses.dataclass(frozen=True)
+class SiblingCounts:
+  """One question's (correct, incorrect) sibling pairs; see `sibling_counts`."""
+
+  wins: float  # pairs where the correct sibling scores higher, ties counted 1/2
+  pairs: int  # (correct, incorrect) pairs of siblings of the same parent
+  parents: int  # parents with at least one correct and one incorrect candidate
+
+
+def _distinct_candidates(step_texts, step_scores, true_labels) -> dict:
+  """{parent: {step text: (scores, label)}} over steps whose earlier steps are all correct.
+
+  A parent is the tuple of a solution's preceding step texts. Repeats of a step under
+  one parent are one candidate; their scores (equal up to numerics, as the verifier
+  read the same tokens) are kept to be averaged.
+  """
+  _check_ragged(step_scores, true_labels)
+  if len(step_texts) != len(step_scores):
+    raise ValueError(f"{len(step_texts)} solutions of step texts but {len(step_scores)} of "
+                     "scores; pass one text list per solution")
+  parents: dict = {}
+  for i, (texts, scores, labels) in enumerate(zip(step_texts, step_scores, true_labels)):
+    if len(texts) != len(scores):
+      raise ValueError(f"solution {i} has {len(texts)} step texts but {len(scores)} scores")
+    first = _first_false(labels)
+    # Up to the first error, like `first_error_steps`: after it, "correct" means little.
+    for t in range(len(texts) if first is None else first + 1):
+      siblings = parents.setdefault(tuple(texts[:t]), {})
+      seen, label = siblings.setdefault(texts[t], ([], bool(labels[t])))
+      if label != bool(labels[t]):
+        raise ValueError(f"step {t} of solution {i} ({texts[t]!r}) has label {labels[t]} "
+                         f"but an identical step after the same prefix has {label}; the "
+                         "step checker must label a step by its prefix and text alone")
+      if not np.isfinite(scores[t]):
+        raise ValueError(f"solution {i} step {t} scores {scores[t]}; scores must be finite, "
+                         "check the verifier outputs")
+      seen.append(float(scores[t]))
+  return parents
+
+
+def sibling_counts(step_texts: Sequence[Sequence[str]], step_scores: Sequence[Sequence[float]],
+                   true_labels: Sequence[Sequence[bool]]) -> SiblingCounts:
+  """Correct-vs-incorrect sibling pairs among the solutions of ONE question.
+
+  step_texts / step_scores / true_labels: per solution, its steps (as the verifier
+  read them, e.g. with their delimiter, so that equal text means equal input), their
+  scores and their ground-truth correctness (same ragged lengths).
+
+  Siblings are the distinct step texts that follow the same parent (the same
+  preceding step texts). A step is a candidate only if all its preceding steps are
+  correct, so a candidate is a correct step or a first wrong step, as in
+  `first_error_steps`. Per parent, every (correct, incorrect) pair of distinct
+  candidates counts once, whatever the number of samples that repeat them.
+  """
+  wins, pairs, parents = 0.0, 0, 0
+  for siblings in _distinct_candidates(step_texts, step_scores, true_labels).values():
+    good = np.asarray([np.mean(s) for s, ok in siblings.values() if ok], np.float64)
+    bad = np.asarray([np.mean(s) for s, ok in siblings.values() if not ok], np.float64)
+    if good.size and bad.size:
+      diff_GxB = good[:, None] - bad[None, :]
+      wins += float((diff_GxB > 0).sum() + 0.5 * (diff_GxB == 0).sum())
+      pairs += diff_GxB.size
+      parents += 1
+  return SiblingCounts(wins, pairs, parents)
+
+
+def _ratio_interval(wins_Q: np.ndarray, pairs_Q: np.ndarray, level: float, seed: int,
+                    num_resamples: int = 2000) -> tuple[float, float]:
+  """Percentile bootstrap (low, high) of sum(wins) / sum(pairs), resampling questions.
+
+  Like `stats.bootstrap_interval`, but for a pooled ratio, which is not a mean of
+  per-question values. Every question given must have pairs > 0.
+  """
+  rng = np.random.default_rng(seed)
+  picks = rng.integers(0, wins_Q.size, (num_resamples, wins_Q.size))
+  ratios = wins_Q[picks].sum(axis=1) / pairs_Q[picks].sum(axis=1)
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(ratios, [tail, 100 - tail])
+  return float(low), float(high)
+
+
+def sibling_auroc(per_question: Sequence[SiblingCounts], level: float = 0.95,
+                  seed: int = 0) -> dict:
+  """Within-sibling AUROC pooled over parents and questions, with a bootstrap interval.
+
+  per_question: `sibling_counts` of each question. Returns {"auroc", "low", "high",
+  "pairs", "parents", "questions"}: auroc = sum(wins) / sum(pairs), the fraction of
+  (correct, incorrect) sibling pairs ranked right (ties 1/2); low / high its `level`
+  interval over questions with a pair (seeded); questions = how many had one. With no
+  pair at all auroc, low and high are NaN.
+  """
+  used = [c for c in per_question if c.pairs]
+  wins = np.asarray([c.wins for c in used], np.float64)
+  pairs = np.asarray([c.pairs for c in used], np.float64)
+  auroc_value = low = high = float("nan")
+  if used:
+    auroc_value = float(wins.sum() / pairs.sum())
+    low, high = _ratio_interval(wins, pairs, level, seed)
+  return {"auroc": auroc_value, "low": low, "high": high, "pairs": int(pairs.sum()),
+          "parents": sum(c.parents for c in used), "questions": len(used)}
 
 
 # ---------------------------------------------------------------------------
