@@ -175,6 +175,34 @@ def test_a_reward_model_starts_from_the_hf_policy_that_sampled_its_labels(tmp_pa
   assert (np.abs(after - before).max(axis=1)[used] > 0).all()
 
 
+def test_a_larger_backbone_of_the_same_tokens_starts_the_reward_model(policy_workdir):
+  """train_prm.backbone: the reward model takes the backbone's shape and weights (here
+  twice the policy's layers, under the work dir), and one with other tokens is refused."""
+  from tests.verifiers.conftest import POLICY_CONFIG, write_policy_workdir
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  larger = dataclasses.replace(POLICY_CONFIG, num_layers=2 * POLICY_CONFIG.num_layers)
+  write_policy_workdir(policy_workdir / "backbone", larger, seed=3)
+  summary = training.train_prm(str(policy_workdir), task=TASK, backbone="backbone",
+                               training=_settings(num_steps=25))
+  assert summary["backbone"] == str(policy_workdir / "backbone")
+  assert summary["matmul_params"] == larger.num_matmul_params() > POLICY_CONFIG.num_matmul_params()
+  with workdir_lib.device_context() as devices:
+    model, params = workdir_lib.load_reward_model(str(policy_workdir / "prm"), devices,
+                                                  workdir_lib.char_codec())
+    start = workdir_lib.load_policy(str(policy_workdir / "backbone"), devices).params
+  assert model.config == dataclasses.replace(larger, dropout_rate=0.0)
+  # Fine-tuned from the backbone: the embedding rows of ids the labels never use are
+  # still the backbone's (a fresh or the policy's initialisation would differ).
+  before = np.asarray(start["params"]["embed_tokens"]["embedding"])
+  after = np.asarray(params["params"]["backbone"]["embed_tokens"]["embedding"])
+  np.testing.assert_array_equal(after[vocab.UNK_ID], before[vocab.UNK_ID])
+
+  hf_dir = write_tiny_hf_policy(policy_workdir.parent / "hf", vocab.ALPHABET)
+  with pytest.raises(UserError, match="other tokens than the policy"):
+    training.train_prm(str(policy_workdir), task=TASK, backbone=hf_dir, output_dir="prm_hf",
+                       training=_settings(num_steps=5))
+
+
 def _train_script(workdir):
   return (
       "import sys; sys.path.insert(0, %r)\n"

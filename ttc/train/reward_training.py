@@ -3,8 +3,10 @@
 Both read the labels file that `label_prm` wrote, through its seqio Task
 (`labeling.register_prm_labels_task`), tokenize the solutions with the tokenizer of the
 policy that sampled them (the labels' settings name it: this work dir's, an HF or GGUF
-checkpoint, or `smollm2`), and fit a `RewardModel` initialised from that policy with
-binary cross-entropy on sigmoid(value logit):
+checkpoint, or `smollm2`), and fit a `RewardModel` initialised from that policy (or
+from another `backbone` that reads the same tokens, e.g. a larger model: the paper
+fine-tunes its PRM from a strong base model) with binary cross-entropy on
+sigmoid(value logit):
 
   * PRM: at the last token of every step, against the step's soft label (the
     fraction of rollouts from that prefix that reach the right answer) or, with
@@ -201,9 +203,30 @@ def _labels_policy(labels_path: str, task: task_lib.Task) -> str:
   return settings.get("policy", "")
 
 
+def _backbone(workdir: str, backbone: str, policy: str,
+              policy_codec: workdir_lib.Codec) -> str:
+  """The checkpoint the reward model starts from: `policy` unless `backbone` names another
+  (a path, relative ones under the work dir, or "smollm2"). Search hands the PRM the
+  policy's token ids, so a backbone that reads text with other tokens is refused."""
+  if not backbone:
+    return policy
+  under = os.path.join(workdir, backbone)
+  source = under if os.path.exists(under) else backbone
+  codec = workdir_lib.open_checkpoint(source).codec
+  reads = lambda c: (c.vocab_size, c.eos_id, c.token_texts)
+  if reads(codec) != reads(policy_codec):
+    raise UserError(f"backbone {source} reads text with other tokens than the policy that "
+                    f"sampled the labels ({policy or workdir}); a reward model must share the "
+                    "policy's tokenizer")
+  return source
+
+
 def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: RewardTraining,
-        task) -> dict:
-  """Trains a PRM (kind="prm") or ORM (kind="orm") on `workdir`'s labels; returns a summary."""
+        task, backbone: str = "") -> dict:
+  """Trains a PRM (kind="prm") or ORM (kind="orm") on `workdir`'s labels; returns a summary.
+
+  backbone: see `train_prm`.
+  """
   task = task_lib.get(task)
   out = os.path.join(workdir, output_dir)
   labels_path = os.path.abspath(os.path.join(workdir, labels_file))
@@ -213,10 +236,12 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
   task_name = labeling.register_prm_labels_task(
       "reward_labels_" + re.sub(r"\W", "_", labels_path), labels_path,
       training.validation_percent)
-  checkpoint = workdir_lib.open_checkpoint(policy or workdir)
-  train_ex = load_examples(task_name, "train", kind, training, task, checkpoint.codec)
-  val_ex = load_examples(task_name, "validation", kind, training, task, checkpoint.codec)
-  # The reward model has the policy's shape; its weights load only on a fresh start.
+  codec = workdir_lib.open_checkpoint(policy or workdir).codec
+  start_from = _backbone(workdir, backbone, policy, codec)
+  checkpoint = workdir_lib.open_checkpoint(start_from or workdir)
+  train_ex = load_examples(task_name, "train", kind, training, task, codec)
+  val_ex = load_examples(task_name, "validation", kind, training, task, codec)
+  # The reward model has the backbone's shape; its weights load only on a fresh start.
   config = dataclasses.replace(checkpoint.config, dropout_rate=training.dropout_rate)
   model = reward_model.RewardModel(config)
   workdir_lib.save_model_config(out, config)
@@ -238,10 +263,10 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     restored = checkpointing.restore_latest(mngr, abstract)
     if restored is None:
       state = jax.jit(init, out_shardings=shardings)(jax.random.key(training.seed))
-      # The backbone starts from the policy; only the value head is fresh. Adam's
+      # The backbone starts from its checkpoint; only the value head is fresh. Adam's
       # moments are zeros whatever the parameters, so the optimizer state stands.
-      policy_params = workdir_lib.load_policy(policy, devices, workdir).params
-      state = state.replace(params=reward_model.with_backbone(state.params, policy_params))
+      backbone_params = workdir_lib.load_policy(start_from, devices, workdir).params
+      state = state.replace(params=reward_model.with_backbone(state.params, backbone_params))
     else:
       state, _ = restored
     start_step = int(state.step)
@@ -308,7 +333,8 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     mngr.close()
     best_mngr.close()
 
-  summary = {"kind": kind, "train_solutions": len(train_ex), "validation_solutions": len(val_ex),
+  summary = {"kind": kind, "backbone": start_from, "matmul_params": config.num_matmul_params(),
+             "train_solutions": len(train_ex), "validation_solutions": len(val_ex),
              "steps": step, "best_step": best_step, "best_val_loss": best,
              "stopped_early": bool(stopped_early)}
   with open(os.path.join(out, "summary.json"), "w") as f:
@@ -321,17 +347,24 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
 
 @gin.configurable(denylist=["workdir"])
 def train_prm(workdir: str, task=gin.REQUIRED, labels_file: str = "prm_labels.jsonl",
-              output_dir: str = "prm", training: RewardTraining = RewardTraining()):
+              output_dir: str = "prm", training: RewardTraining = RewardTraining(),
+              backbone: str = ""):
   """Stage: the process reward model, on the step labels of `label_prm`.
 
   task: the task the labels were made for (a `Task` or registered name): it splits the
   solutions into steps and says whether the prompt is a chat turn.
+  backbone: the checkpoint the reward model starts from; "" = the policy that sampled
+    the labels. Else a path (relative ones under the work dir, e.g. a larger policy
+    trained by `@backbone/train`, configs/arith/verifiers_large.gin) or "smollm2"; it
+    must read text with the policy's tokens.
   """
-  return fit(workdir, "prm", labels_file, output_dir, training, task)
+  return fit(workdir, "prm", labels_file, output_dir, training, task, backbone)
 
 
 @gin.configurable(denylist=["workdir"])
 def train_orm(workdir: str, task=gin.REQUIRED, labels_file: str = "prm_labels.jsonl",
-              output_dir: str = "orm", training: RewardTraining = RewardTraining()):
-  """Stage: the outcome reward model (baseline), on the final correctness of the same samples."""
-  return fit(workdir, "orm", labels_file, output_dir, training, task)
+              output_dir: str = "orm", training: RewardTraining = RewardTraining(),
+              backbone: str = ""):
+  """Stage: the outcome reward model (baseline), on the final correctness of the same
+  samples; `backbone` as for `train_prm`."""
+  return fit(workdir, "orm", labels_file, output_dir, training, task, backbone)

@@ -367,7 +367,7 @@ def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
           batch_size: int = 64, inputs_length: int = 32, targets_length: int = 128,
           checkpoint_every: int = 200, keep_checkpoints: int = 3, log_every: int = 20,
           seed: int = 0, model_config: ModelConfig = ModelConfig(), eval_every: int = 0,
-          init_from: str = ""):
+          init_from: str = "", output_dir: str = ""):
   """Stage: trains the policy on a task's seqio SFT data; returns the final TrainState.
 
   task: a `ttc.data.task.Task` with a seqio task of the same name (e.g.
@@ -376,9 +376,13 @@ def train(workdir: str, task=gin.REQUIRED, num_steps: int = gin.REQUIRED,
     "validation" split (metrics.jsonl's val_loss).
   init_from: "" (random initialisation), or a ttc work dir whose policy a fresh run
     starts from; `model_config` must then match its config (dropout_rate aside).
+  output_dir: "" (the work dir is the policy's), or a directory under the work dir
+    that gets the model instead: a second model of the same task, e.g. a larger
+    backbone for the PRM (`train_prm.backbone`), trained by a gin-scoped
+    `@backbone/train` with its own `model_config`.
   The optimizer is `make_optimizer`'s, configured by its own gin bindings.
   """
-  return fit(workdir, task, num_steps=num_steps, batch_size=batch_size,
+  return fit(os.path.join(workdir, output_dir) if output_dir else workdir, task, num_steps=num_steps, batch_size=batch_size,
              inputs_length=inputs_length, targets_length=targets_length,
              model_config=model_config, seed=seed, checkpoint_every=checkpoint_every,
              keep_checkpoints=keep_checkpoints, log_every=log_every, eval_every=eval_every,
