@@ -89,8 +89,11 @@ def test_beam_scores_equal_whole_sequence_scores_and_lookahead_k0_is_beam(models
   np.testing.assert_array_equal(beam.prm_tokens_Q, generated + prompt_lengths)
 
 
-# DVTS differs from beam search only in the groups that selection uses (test_tree_search).
-@pytest.mark.parametrize("name", ["beam_m2", "lookahead_k1_m2"])
+# DVTS differs from beam search only in the groups that selection uses (test_tree_search);
+# REBASE from particle filtering only in turning the same weights into counts. One
+# parameter (~30 s) covers what the new rules add to the program on a mesh: comparing
+# prefixes, drawing parents, counting distinct prefixes.
+@pytest.mark.parametrize("name", ["beam_m2", "lookahead_k1_m2", "particles_dedup"])
 def test_search_on_8_device_mesh_matches_one_device(models, name):
   policy, prm, policy_params, prm_params = models
   one = _search(models, name, 4)
@@ -106,6 +109,7 @@ def test_search_on_8_device_mesh_matches_one_device(models, name):
   np.testing.assert_array_equal(many.lengths_QxN, one.lengths_QxN)
   np.testing.assert_allclose(many.scores_QxN, one.scores_QxN, atol=1e-5)
   np.testing.assert_array_equal(many.tokens_generated_Q, one.tokens_generated_Q)
+  np.testing.assert_array_equal(many.distinct_QxR, one.distinct_QxR)
 
 
 def _contract(protocol) -> dict:
@@ -124,6 +128,7 @@ def test_real_callbacks_and_stubs_fill_the_protocols_that_search_names():
   verifiers = [PrmCallbacks(reward_model.RewardModel(CONFIG)),
                oracle.OracleCallbacks.for_problems(arith_task.ArithTask(), workdir.char_codec(),
                                                    []),
+               callbacks.ConstantCallbacks(),
                stubs.StubPrm(num_choices=2, score_fn=lambda path_B, depth_B: depth_B / 2.0)]
   for protocol, implementations in ((callbacks.SearchPolicy, policies),
                                     (callbacks.SearchVerifier, verifiers)):

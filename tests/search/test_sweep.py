@@ -51,6 +51,13 @@ def workdir(tmp_path):
   return path
 
 
+@pytest.fixture(scope="module")
+def policy_only(tmp_path_factory):
+  """A random tiny policy without a PRM (~15 s to write), shared by the sweeps that need
+  no PRM; each writes its own results file."""
+  return write_policy_workdir(tmp_path_factory.mktemp("policy_only") / "work")
+
+
 def _lines_without_wall_time(path):
   """Result lines as a set, minus wall_s (a measurement, never equal across runs)."""
   records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -111,7 +118,8 @@ def test_unknown_method_is_one_error_line(workdir):
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert _errors(bad) == [
       "error: search_sweep: unknown search method 'beam4'; use best_of_n, beam_m<M>, "
-      "beam_sqrt, lookahead_k<k>[_m<M>] or dvts_m<M>"]
+      "beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] or rebase[_t<t>], any "
+      "but best_of_n optionally ending in _dedup"]
 
 
 def _record(uid, level, method, budget, correct, seed=0):
@@ -130,6 +138,11 @@ def test_accuracy_table_averages_seeds_then_problems_and_plot_writes_a_png(tmp_p
   assert results.accuracy_table(records, level=2)["best_of_n"][4][0] == 1.0
   assert "N=16" in results.format_table(table)
   assert "1.200" in results.format_costs(records)  # PRM tokens / generated = 12 / 10
+  assert results.format_diversity(records) == ""  # written before distinct_prefixes
+  records[0]["distinct_prefixes"] = [4, 2, 0]
+  records[3]["distinct_prefixes"] = [2, 0]  # its problem finished in round 2
+  assert results.format_diversity(records).splitlines()[1:] == [
+      "beam                4  4.0 / 2.0 / 0.0", "beam               16  2.0 / 0.0 / -"]
   out = tmp_path / "search.png"
   report.plot(records, str(out))
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -159,7 +172,8 @@ def _result(texts, complete, scores):
       tokens_QxNxW=tokens, lengths_QxN=np.array([[len(r) for r in ids]]),
       scores_QxN=np.array([scores], np.float32), complete_QxN=np.array([complete]),
       rounds=np.int32(1), tokens_generated_Q=np.zeros(1, np.int32),
-      prm_tokens_Q=np.zeros(1, np.int32), prm_overflowed=np.bool_(False))
+      prm_tokens_Q=np.zeros(1, np.int32), prm_overflowed=np.bool_(False),
+      distinct_QxR=np.full((1, 1), -1, np.int32))
 
 
 def test_choose_sums_scores_over_the_tasks_equal_answers():
@@ -201,9 +215,9 @@ class _RecordingTask(arith_task.ArithTask):
     return super().step_correctness(problem, text)
 
 
-def test_oracle_sweep_checks_each_problem_by_its_own_prompt(tmp_path):
+def test_oracle_sweep_checks_each_problem_by_its_own_prompt(policy_only):
   """The oracle looks each row's problem up by the prompt the sweep encoded."""
-  path = write_policy_workdir(tmp_path / "work")
+  path = policy_only
   base = arith_task.register_arith_task(name="oracle_sweep", num_train_per_level=1,
                                         num_eval_per_level=1, levels=[(1, 9), (2, 9)])
   task = _RecordingTask(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
@@ -216,8 +230,29 @@ def test_oracle_sweep_checks_each_problem_by_its_own_prompt(tmp_path):
   assert sorted((r["method"], r["level"]) for r in records) == [
       ("beam_m2", 1), ("beam_m2", 2), ("best_of_n", 1), ("best_of_n", 2)]
   assert set(table) == {"best_of_n", "beam_m2"}
+  for r in records:  # best-of-N has no selection rounds
+    assert (r["distinct_prefixes"] == []) == (r["method"] == "best_of_n"), r
   settings = json.loads((path / "search_test.settings.json").read_text())
   assert settings["verifier"] == "oracle" and settings["task"] == "oracle_sweep"
+
+
+def test_constant_verifier_sweep_records_distinct_prefixes(policy_only, capsys):
+  """The floor: every step scores 0.5; no PRM is loaded (the work dir has none)."""
+  arith_task.register_arith_task(name="constant_sweep", num_train_per_level=1,
+                                 num_eval_per_level=1, levels=[(1, 9), (2, 9)])
+  sweep.search_sweep(str(policy_only), task="constant_sweep", verifier="constant",
+                     method_names=("particles_dedup",), budgets=(2,), max_solution_tokens=24,
+                     max_step_tokens=8, rows_per_batch=4, results_file="constant.jsonl")
+  records = results.read_results(str(policy_only / "constant.jsonl"))
+  assert [r["method"] for r in records] == ["particles_dedup"] * 2
+  for r in records:
+    counts = r["distinct_prefixes"]
+    # The problem's own rounds: all the batch ran, or fewer, the last leaving none.
+    assert len(counts) == r["rounds"] or 1 <= len(counts) < r["rounds"] and counts[-1] == 0
+    assert all(0 <= c <= r["rows"] for c in counts), r
+  assert "distinct prefixes after round" in capsys.readouterr().out
+  settings = json.loads((policy_only / "constant.settings.json").read_text())
+  assert settings["verifier"] == "constant"
 
 
 @pytest.mark.parametrize("overrides", [dict(seeds=()), dict(budgets=()), dict(method_names=()),

@@ -13,11 +13,11 @@ from tests.search.stubs import StubPolicy, StubPrm, paths
 SAMPLER = samplers.Temperature(jnp.float32(1.0))
 
 
-def _run(policy, prm, name, budget, num_problems=1, seed=0):
+def _run(policy, prm, name, budget, num_problems=1, seed=0, live=None):
   config = methods.make_config(name, budget, max_solution_tokens=64, max_step_tokens=16)
   prompts = jnp.ones((num_problems, 2), jnp.int32)
   lengths = jnp.full((num_problems,), 2, jnp.int32)
-  live = jnp.ones((num_problems,), bool)
+  live = jnp.ones((num_problems,), bool) if live is None else jnp.asarray(live)
   return tree_search.search(policy, prm, None, None, prompts, lengths, live,
                             jax.random.key(seed), SAMPLER, config)
 
@@ -43,6 +43,10 @@ def test_beam_search_finds_the_best_path_that_best_of_n_misses():
   beam = _chosen_paths(_run(policy, ON_PATH, "beam_m4", 32, num_problems=8), 4)
   best_of_n = _chosen_paths(_run(policy, ON_PATH, "best_of_n", 32, num_problems=8), 4)
   np.testing.assert_array_equal(beam, 0)
+  # Particle filtering resamples by odds 0.9 / 0.1 against 0.02 / 0.98: it too
+  # keeps (almost) only the path's rows.
+  particles = _chosen_paths(_run(policy, ON_PATH, "particles", 32, num_problems=8), 4)
+  np.testing.assert_array_equal(particles, 0)
   # Best-of-32 finds a 1-in-1024 path with probability 3%.
   assert np.sum(best_of_n == 0) <= 1, best_of_n
 
@@ -60,6 +64,42 @@ def test_every_row_finishes_with_depth_steps_and_a_count_of_its_tokens():
     else:  # step-by-step: N rows x 4 steps x 2 tokens, plus rollouts for lookahead
       assert np.all(generated >= rows * 8), (name, generated)
     np.testing.assert_array_equal(r.prm_tokens_Q, generated + 2)  # + the 2-token prompt
+    if name == "best_of_n":  # nothing is selected, so no prefixes are counted
+      np.testing.assert_array_equal(r.distinct_QxR, -1)
+
+
+@pytest.mark.parametrize("name", ["particles", "rebase_t0.5", "beam_m4_dedup",
+                                  "particles_t2_dedup"])
+def test_new_selection_rules_finish_every_row_count_budgets_and_distinct_prefixes(name):
+  policy = StubPolicy(depth=4, num_choices=4)
+  # Problem 2 is batch padding: it runs no round.
+  r = _run(policy, ON_PATH, name, 16, num_problems=3, live=[True, True, False])
+  config = methods.make_config(name, 16, max_solution_tokens=64, max_step_tokens=16)
+  assert config.num_rows == config.generations == 16  # no rollouts
+  assert np.all(np.asarray(r.complete_QxN[:2]))
+  np.testing.assert_array_equal(r.lengths_QxN[:2], 8)
+  generated = np.asarray(r.tokens_generated_Q)
+  assert np.all(generated[:2] >= 16 * 8) and generated[2] == 0
+  np.testing.assert_array_equal(r.prm_tokens_Q[:2], generated[:2] + 2)
+  # Every row takes 4 rounds: three leave 1..16 distinct prefixes unfinished, the
+  # fourth none; rounds not run are -1, and so is every round of the padding problem.
+  distinct = np.asarray(r.distinct_QxR)
+  assert int(r.rounds) == 4 and distinct.shape == (3, config.max_rounds)
+  assert np.all((distinct[:2, :3] >= 1) & (distinct[:2, :3] <= 16)), distinct[:, :5]
+  np.testing.assert_array_equal(distinct[:2, 3], 0)
+  np.testing.assert_array_equal(distinct[:2, 4:], -1)
+  np.testing.assert_array_equal(distinct[2], -1)
+
+
+def test_dedup_keeps_the_distinct_prefixes_that_beam_search_collapses():
+  # Prefixes on the best path score 0.9, others 0.02: beam search keeps the top 4 of
+  # 16, mostly copies of the path's first step; with dedup it keeps 4 distinct ones.
+  policy = StubPolicy(depth=2, num_choices=4)
+  beam = np.asarray(_run(policy, ON_PATH, "beam_m4", 16, num_problems=8).distinct_QxR)[:, 0]
+  dedup = np.asarray(_run(policy, ON_PATH, "beam_m4_dedup", 16,
+                          num_problems=8).distinct_QxR)[:, 0]
+  assert np.all(dedup >= beam) and dedup.mean() > beam.mean() + 1, (beam, dedup)
+  assert np.all(dedup <= 4)  # 4 choices, keep 16 / 4
 
 
 # A trap for myopic search: after one step, choice 1 looks best (0.8) but every
@@ -124,17 +164,39 @@ def test_padding_problems_generate_nothing():
     ("beam_sqrt", 64, 64, 64, 8, 0), ("beam_sqrt", 32, 32, 32, 4, 0),
     ("lookahead_k3", 64, 16, 16, 4, 3), ("lookahead_k1", 4, 2, 2, 2, 1),
     ("lookahead_k3", 4, 1, 1, 1, 3),
-    ("dvts_m4", 64, 64, 4, 4, 0), ("beam_m4", 2, 2, 2, 2, 0)])
+    ("dvts_m4", 64, 64, 4, 4, 0), ("beam_m4", 2, 2, 2, 2, 0),
+    ("particles", 16, 16, 16, 1, 0), ("rebase_t0.5_dedup", 8, 8, 8, 1, 0),
+    ("lookahead_k1_dedup", 16, 8, 8, 4, 1), ("dvts_m4_dedup", 16, 16, 4, 4, 0)])
 def test_method_configs(name, budget, rows, group, expand, k):
   c = methods.make_config(name, budget, max_solution_tokens=64, max_step_tokens=16)
   assert (c.num_rows, c.group_size, c.expand, c.lookahead_steps) == (rows, group, expand, k)
   # With one row there is nothing to select, so no rollouts run.
-  assert c.generations == rows * (k + 1 if expand > 1 else 1) <= budget
+  assert c.generations == rows * (k + 1 if c.selects else 1) <= budget
+  assert c.dedup == name.endswith("_dedup")
+
+
+@pytest.mark.parametrize("name,rule,temperature,dedup", [
+    ("particles", "particles", 1.0, False), ("particles_t0.5", "particles", 0.5, False),
+    ("particles_t2_dedup", "particles", 2.0, True), ("rebase", "rebase", 1.0, False),
+    ("rebase_t0.25_dedup", "rebase", 0.25, True), ("beam_sqrt_dedup", "top", 1.0, True)])
+def test_selection_rules_and_temperatures_parse_from_method_names(name, rule, temperature, dedup):
+  c = methods.make_config(name, 16, max_solution_tokens=64, max_step_tokens=16)
+  assert (c.selection, c.selection_temperature, c.dedup) == (rule, temperature, dedup)
+  assert c.selects and c.generations == 16
 
 
 def test_unknown_method_is_one_clear_error():
   with pytest.raises(ValueError, match="unknown search method 'beam4'"):
     methods.make_config("beam4", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="best_of_n_dedup: best-of-N has no selection rounds"):
+    methods.make_config("best_of_n_dedup", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    methods.make_config("particles_t0", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="selection='greedy' must be one of"):
+    tree_search.SearchConfig(num_rows=4, group_size=4, selection="greedy")
+  with pytest.raises(ValueError, match="selection_temperature=0.0 > 0"):
+    tree_search.SearchConfig(num_rows=4, group_size=4, selection="particles",
+                             selection_temperature=0.0)
 
 
 def test_slots_leave_every_row_a_full_step_and_too_few_are_refused():

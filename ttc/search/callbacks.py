@@ -3,8 +3,9 @@
 Search programs (`ttc.search.tree_search`) never call a model directly. They hold
 an opaque per-row state for each model and move it with a few verbs, the two
 `typing.Protocol`s below, so a test can swap in a stub whose best path is known by
-construction (tests/search/stubs.py) and the oracle (`ttc.search.oracle`) can stand
-in for the PRM:
+construction (tests/search/stubs.py), and the oracle (`ttc.search.oracle`) or a
+constant score (`ConstantCallbacks`, the floor a verifier must beat) can stand in
+for the PRM:
 
   policy.prepare(params, num_rows) -> params   # once per search, before the loops
   policy.start(params, prompts_QxP, lengths_Q, num_rows, num_slots, max_tokens) -> state
@@ -27,6 +28,7 @@ import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
 from ttc.decoding import samplers, sampling, steps
 from ttc.models.transformer import Transformer
@@ -164,3 +166,29 @@ class PrmCallbacks:
 
   def overflowed(self, state):
     return state.overflowed
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantCallbacks:
+  """A verifier that knows nothing: every step (so every solution) scores `score_value`.
+
+  The floor a verifier must beat. Weighted best-of-N over equal scores is majority
+  voting; rule "top" keeps the lowest unfinished rows (ties go to the lower row), a
+  random choice since rows are iid samples; "particles" draws parents uniformly. The
+  state is empty: it runs no model (search still counts the tokens passed to it in
+  prm_tokens_Q).
+  """
+
+  score_value: float = 0.5
+
+  def start(self, params, prompts_QxP, lengths_Q, num_rows: int, num_slots: int):
+    return ()
+
+  def score(self, params, state, tokens_BxG, lengths_B):
+    return jnp.full(lengths_B.shape, self.score_value, jnp.float32), state
+
+  def overflowed(self, state):
+    return jnp.zeros((), bool)
+
+  def take_rows(self, state, parent_QxN):
+    return state

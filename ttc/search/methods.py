@@ -9,6 +9,18 @@ A method is named in gin (`search_sweep.methods`) by a string:
                      the budget counts N * (k + 1) generations, so N = budget // (k + 1).
   lookahead_k{k}_m{M}  the same with another beam width.
   dvts_m{M}          diverse verifier tree search: N / M independent subtrees of width M.
+  particles          particle filtering (Puri et al. 2025): N = budget rows, each round
+                     every unfinished row's parent is drawn from all N by PRM weight
+                     softmax(logit(score) / t), t = 1.
+  particles_t{t}     the same at temperature t (a float: particles_t0.5).
+  rebase             REBASE (Wu et al. 2024): N = budget rows, each parent forked
+                     round(A * weight) times (largest remainder), t = 1.
+  rebase_t{t}        the same at temperature t.
+
+Any step-by-step method may end in `_dedup` (beam_m4_dedup, particles_t0.5_dedup):
+only the first copy of each distinct solution so far is a parent
+(`SearchConfig.dedup`); best-of-N selects nothing, so best_of_n_dedup is refused.
+Particles and REBASE run no rollouts: they use N generations.
 
 M is capped at N (a budget of 2 cannot expand 4 ways).
 """
@@ -20,13 +32,19 @@ from ttc.search.tree_search import PAPER_MAX_ROUNDS, SearchConfig
 from ttc.verifiers import scoring
 
 DEFAULT_LOOKAHEAD_WIDTH = 4
+_TEMPERATURE = r"(?:_t(\d+(?:\.\d*)?|\.\d+))?"
 _PATTERNS = (
     ("best_of_n", re.compile(r"best_of_n")),
     ("beam", re.compile(r"beam_m(\d+)")),
     ("beam_sqrt", re.compile(r"beam_sqrt")),
     ("lookahead", re.compile(r"lookahead_k(\d+)(?:_m(\d+))?")),
     ("dvts", re.compile(r"dvts_m(\d+)")),
+    ("particles", re.compile(r"particles" + _TEMPERATURE)),
+    ("rebase", re.compile(r"rebase" + _TEMPERATURE)),
 )
+_DEDUP = "_dedup"
+_FORMS = ("best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] "
+          "or rebase[_t<t>], any but best_of_n optionally ending in _dedup")
 
 
 def sqrt_width(num_rows: int) -> int:
@@ -34,14 +52,21 @@ def sqrt_width(num_rows: int) -> int:
   return max(d for d in range(1, math.isqrt(num_rows) + 1) if num_rows % d == 0)
 
 
-def parse(name: str) -> tuple[str, tuple[int, ...]]:
-  """('beam', (4,)) from 'beam_m4'; ValueError naming the accepted forms otherwise."""
+def parse(name: str) -> tuple[str, tuple[float, ...], bool]:
+  """(kind, numbers, dedup): ('beam', (4,), False) from 'beam_m4', ('particles', (0.5,),
+  True) from 'particles_t0.5_dedup'; ValueError naming the accepted forms otherwise."""
+  dedup = name.endswith(_DEDUP)
+  base = name[:-len(_DEDUP)] if dedup else name
   for kind, pattern in _PATTERNS:
-    match = pattern.fullmatch(name)
+    match = pattern.fullmatch(base)
     if match:
-      return kind, tuple(int(g) for g in match.groups() if g is not None)
-  raise ValueError(f"unknown search method {name!r}; use best_of_n, beam_m<M>, beam_sqrt, "
-                   "lookahead_k<k>[_m<M>] or dvts_m<M>")
+      if dedup and kind == "best_of_n":
+        raise ValueError(f"{name}: best-of-N has no selection rounds, so nothing to "
+                         "deduplicate; use best_of_n")
+      numbers = tuple(float(g) if kind in ("particles", "rebase") else int(g)
+                      for g in match.groups() if g is not None)
+      return kind, numbers, dedup
+  raise ValueError(f"unknown search method {name!r}; use {_FORMS}")
 
 
 def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_tokens: int,
@@ -58,11 +83,17 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
   prm_slots: 0 = `SearchConfig.prm_slots_needed(prm_chunk)`: the same, with each
     step rounded up to whole `prm_chunk`s (the PRM scores in chunks).
   """
-  kind, args = parse(name)
+  kind, args, dedup = parse(name)
   if budget < 1:
     raise ValueError(f"budget must be >= 1, got {budget}")
   lookahead = 0
-  if kind == "best_of_n":
+  rule, temperature = "top", 1.0
+  if kind in ("particles", "rebase"):  # every parent drawn from all N rows
+    rows, group, expand = budget, budget, 1
+    rule, temperature = kind, args[0] if args else 1.0
+    if not temperature > 0:
+      raise ValueError(f"{name}: the temperature must be > 0")
+  elif kind == "best_of_n":
     rows, group, expand = budget, budget, 1
   elif kind == "beam":
     rows = budget
@@ -89,5 +120,6 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
       num_rows=rows, group_size=group, expand=expand, lookahead_steps=lookahead,
       step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,
       max_solution_tokens=max_solution_tokens, max_rounds=max_rounds, num_slots=num_slots,
-      prm_slots=prm_slots, prm_chunk=prm_chunk)
+      prm_slots=prm_slots, prm_chunk=prm_chunk, selection=rule,
+      selection_temperature=temperature, dedup=dedup)
   return config

@@ -5,12 +5,17 @@ The one schema that `ttc.search.sweep` writes and `ttc.search.report` reads:
   {"uid", "level", "method", "budget", "seed",
    "rows": N, "generations": N (k + 1),
    "answer": str | null, "correct": bool, "complete": rows that ended with EOS,
-   "tokens_generated", "prm_tokens", "rounds", "wall_s", "prm_overflowed"}
+   "tokens_generated", "prm_tokens", "rounds", "wall_s", "prm_overflowed",
+   "distinct_prefixes": [int per round]}
 
 budget: the requested generation budget; generations: what the method used (a
 method that cannot use a budget exactly records fewer). tokens_generated /
 prm_tokens: policy tokens sampled / tokens the verifier ran for the problem.
 wall_s: its share of the batch's device seconds (compilation excluded).
+distinct_prefixes: for each round the problem ran, the distinct solutions so far
+among its unfinished rows right after selection (0 once all finished); [] for
+best-of-N, which selects nothing. Optional: files written before it lack it, and
+other writers (`ttc.revision.sweep`) do not write it.
 
 Accuracy of a (method, budget) is the mean over problems of the chosen answer's
 correctness (averaged over seeds first), with a 95% percentile-bootstrap interval
@@ -97,4 +102,26 @@ def format_costs(records) -> str:
   for (method, budget), (gen, prm, wall, n) in sorted(sums.items()):
     lines.append(f"{method:<14}{budget:>7}{gen / n:>16.0f}{prm / max(gen, 1):>15.3f}"
                  f"{1000 * wall / max(gen, 1):>17.4f}")
+  return "\n".join(lines)
+
+
+def format_diversity(records, rounds: int = 3) -> str:
+  """Per method and budget: mean distinct surviving prefixes after rounds 1..`rounds`,
+  over the problems that ran that round; "" when no record has any."""
+  sums = collections.defaultdict(lambda: np.zeros((2, rounds)))
+  for r in records:
+    counts = r.get("distinct_prefixes") or []
+    if counts:
+      cell = sums[r["method"], r["budget"]]
+      ran = min(len(counts), rounds)
+      cell[0, :ran] += counts[:ran]
+      cell[1, :ran] += 1
+  if not sums:
+    return ""
+  width = max(14, 1 + max(len(method) for method, _ in sums))  # particles_t0.5_dedup
+  lines = [f"{'method':<{width}}{'budget':>7}  distinct prefixes after round "
+           + " / ".join(str(i + 1) for i in range(rounds))]
+  for (method, budget), (total, n) in sorted(sums.items()):
+    means = [f"{t / c:.1f}" if c else "-" for t, c in zip(total, n)]
+    lines.append(f"{method:<{width}}{budget:>7}  " + " / ".join(means))
   return "\n".join(lines)

@@ -35,7 +35,7 @@ from ttc.data import task as task_lib
 from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
 from ttc.search import methods, oracle, results, tree_search
-from ttc.search.callbacks import PolicyCallbacks, PrmCallbacks
+from ttc.search.callbacks import ConstantCallbacks, PolicyCallbacks, PrmCallbacks
 from ttc.verifiers import aggregation
 
 
@@ -107,7 +107,9 @@ def run_batch(programs: SearchPrograms, config, task: task_lib.Task,
                 "generations": config.generations,
                 "tokens_generated": int(result.tokens_generated_Q[q]),
                 "prm_tokens": int(result.prm_tokens_Q[q]), "rounds": int(result.rounds),
-                "wall_s": wall, "prm_overflowed": bool(result.prm_overflowed)})
+                "wall_s": wall, "prm_overflowed": bool(result.prm_overflowed),
+                # -1 marks rounds the problem did not run (and all of best-of-N's)
+                "distinct_prefixes": [int(d) for d in result.distinct_QxR[q] if d >= 0]})
   return out
 
 
@@ -128,14 +130,17 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
   budgets: generation budgets N (k + 1); methods that cannot use a budget exactly
     (lookahead at 4 with k = 3 runs N = 1) record the generations they used.
   rows_per_batch: search rows (problems x N) per program run.
-  verifier: "prm" (the trained PRM in `<workdir>/<prm_dir>`) or "oracle" (the task's
+  verifier: "prm" (the trained PRM in `<workdir>/<prm_dir>`), "oracle" (the task's
     ground-truth step checker, `ttc.search.oracle`: what search achieves with a
-    perfect verifier; only for tasks with one).
+    perfect verifier; only for tasks with one) or "constant" (every step scores 0.5,
+    `ConstantCallbacks`: majority voting and blind selection, the floor a verifier
+    must beat; prm_tokens then counts the tokens it was passed, not run).
   Returns the accuracy table {method: {budget: (mean, low, high)}}.
   """
   task = task_lib.get(task)
-  if verifier not in ("prm", "oracle"):
-    raise UserError(f"search_sweep.verifier must be 'prm' or 'oracle', got {verifier!r}")
+  if verifier not in ("prm", "oracle", "constant"):
+    raise UserError(f"search_sweep.verifier must be 'prm', 'oracle' or 'constant', got "
+                    f"{verifier!r}")
   if verifier == "oracle" and not task.has_step_checker:
     raise UserError(f"search_sweep: task {task.name!r} has no step checker, so no oracle "
                     "verifier; set search_sweep.verifier = 'prm'")
@@ -164,6 +169,8 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
       prm_model, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir),
                                                             devices, loaded.codec)
       prm = PrmCallbacks(prm_model)
+    elif verifier == "constant":
+      prm, prm_params = ConstantCallbacks(), None
     else:
       prm, prm_params = oracle.OracleCallbacks.for_problems(
           task, loaded.codec, problems, max_tokens=max_solution_tokens), None
@@ -202,4 +209,7 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
         f"in {path}; accuracy (weighted best-of-N pick), 95% bootstrap intervals over problems:")
   print(results.format_table(table))
   print(results.format_costs(records))
+  diversity = results.format_diversity(records)
+  if diversity:
+    print(diversity)
   return table

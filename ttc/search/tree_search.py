@@ -12,8 +12,12 @@ Q problems run at once with N rows (candidate solutions) each. A round is:
   3. lookahead (k > 0): each row is rolled out k more steps at temperature 0 on a
      copy of both caches; its value is the PRM score where the rollout stops; the
      copies are dropped. With k = 0 the value is the score, which is beam search;
-  4. `selection.select_parents` keeps the best unfinished rows of each group and
-     forks them; the policy's and the PRM's caches are reordered together.
+  4. `selection.choose_parents` refills each group's unfinished slots from its
+     unfinished rows (rule "top": the best ones, forked; "particles": drawn by
+     PRM weight; "rebase": forked in proportion to it; optionally only one row
+     per distinct solution so far is a parent, `SearchConfig.dedup`); the
+     policy's and the PRM's caches are reordered together. How many distinct
+     solutions so far survive is recorded per problem and round (distinct_QxR).
 
 Rounds repeat in a `lax.while_loop` (the token loop inside `policy.step` is
 another) until every row finished or `max_rounds`. The N final rows are the
@@ -23,7 +27,7 @@ which the caller applies once it has read the answers off the tokens.
 Methods are settings of `SearchConfig` (see `ttc.search.methods`): best-of-N is one
 round of whole solutions without selection; beam search keeps N/M of N and forks M
 ways; DVTS does the same within N/M independent groups of M; lookahead is beam
-search with k > 0.
+search with k > 0; particle filtering and REBASE are other selection rules.
 """
 
 import dataclasses
@@ -67,6 +71,12 @@ class SearchConfig:
     (a PRM chunk larger than the slots were sized for) is flagged.
   prm_chunk: tokens per PRM call (`PrmCallbacks.chunk`) the default prm_slots are
     sized for.
+  selection: how parents are chosen, one of `selection.RULES`: "top" (beam search,
+    DVTS), "particles" (particle filtering), "rebase" (reward-balanced expansion).
+  selection_temperature: temperature of the weights softmax(logit(value) / t) that
+    "particles" and "rebase" use (> 0; lower is greedier).
+  dedup: among the unfinished rows of a group, only the first copy of each distinct
+    solution so far is a parent (step by step only).
   """
 
   num_rows: int
@@ -80,6 +90,9 @@ class SearchConfig:
   num_slots: int = 0
   prm_slots: int = 0
   prm_chunk: int = scoring.DEFAULT_CHUNK
+  selection: str = "top"
+  selection_temperature: float = 1.0
+  dedup: bool = False
 
   def __post_init__(self):
     if self.num_rows < 1 or self.num_rows % self.group_size:
@@ -89,6 +102,11 @@ class SearchConfig:
       raise ValueError(f"expand={self.expand} must lie in [1, group_size={self.group_size}]")
     if self.lookahead_steps < 0 or self.max_rounds < 1 or self.max_step_tokens < 1:
       raise ValueError(f"bad search settings {self}")
+    if self.selection not in selection.RULES or not self.selection_temperature > 0:
+      raise ValueError(f"selection={self.selection!r} must be one of {selection.RULES} and "
+                       f"selection_temperature={self.selection_temperature} > 0")
+    if self.dedup and not self.step_by_step:
+      raise ValueError("dedup needs step_by_step: whole solutions are never selected")
     # Frozen: the sizes are filled in once, here.
     object.__setattr__(self, "num_slots", self.num_slots or self.policy_slots_needed)
     object.__setattr__(self, "prm_slots", self.prm_slots or self.prm_slots_needed(self.prm_chunk))
@@ -100,10 +118,19 @@ class SearchConfig:
                        "slots a solution and its steps take (see SearchConfig); raise it")
 
   @property
+  def selects(self) -> bool:
+    """Rounds choose parents: step by step, forking (rule "top" with expand > 1) or
+    weighting (the other rules, with more than one row per group). Otherwise rows
+    just continue, and lookahead values would go unused, so no rollouts run."""
+    if not self.step_by_step:
+      return False
+    return self.expand > 1 if self.selection == "top" else self.group_size > 1
+
+  @property
   def steps_between_packs(self) -> int:
     """Policy steps that write to the cache between two packings: the round's own
     step, plus the lookahead rollout's k when there is selection to value."""
-    return 1 + (self.lookahead_steps if self.step_by_step and self.expand > 1 else 0)
+    return 1 + (self.lookahead_steps if self.selects else 0)
 
   @property
   def policy_slots_needed(self) -> int:
@@ -135,7 +162,7 @@ class SearchConfig:
   def generations(self) -> int:
     """The budget in the paper's units: N * (k + 1) solution generations (N when there
     is nothing to select, so no rollouts run)."""
-    return self.num_rows * (self.lookahead_steps + 1 if self.expand > 1 else 1)
+    return self.num_rows * (self.lookahead_steps + 1 if self.selects else 1)
 
 
 @flax.struct.dataclass
@@ -151,6 +178,10 @@ class SearchState:
   tokens_generated_Q: int32 policy tokens sampled per problem, rollouts included.
   prm_tokens_Q: int32 tokens the PRM ran per problem: the prompt once, then every
     generated token once (rollouts included).
+  distinct_QxR: int32 [Q, max_rounds] distinct solutions so far among a problem's
+    unfinished rows right after round r's selection (compared exactly; 0 once all
+    finished); -1 for rounds not run, rounds the problem had no unfinished row at
+    the start of, and every round of whole-solution search (nothing is selected).
   """
 
   policy: Any
@@ -162,6 +193,7 @@ class SearchState:
   round: jax.Array
   tokens_generated_Q: jax.Array
   prm_tokens_Q: jax.Array
+  distinct_QxR: jax.Array
 
 
 @flax.struct.dataclass
@@ -173,6 +205,7 @@ class SearchResult:
   complete_QxN: bool ended with EOS.
   rounds: [] int32 rounds run; tokens_generated_Q, prm_tokens_Q: as in SearchState.
   prm_overflowed: [] bool some step did not fit in the PRM's slots (raise prm_slots).
+  distinct_QxR: int32 [Q, max_rounds] as in SearchState.
   """
 
   tokens_QxNxW: jax.Array
@@ -183,6 +216,7 @@ class SearchResult:
   tokens_generated_Q: jax.Array
   prm_tokens_Q: jax.Array
   prm_overflowed: jax.Array
+  distinct_QxR: jax.Array
 
 
 def _per_problem(x_B, num_problems: int):
@@ -227,12 +261,38 @@ def _lookahead(policy, prm, policy_params, prm_params, policy_state, prm_state, 
   return value_B, generated_Q
 
 
+# Selection (rule "particles") draws with round r's key folded with this constant: the
+# policy samples round r with fold_in(rng, r) and derives its per-token keys from that
+# key by splits (or small fold_ins, in stubs), none of which this one can equal.
+_SELECTION_STREAM = 0x5E1EC7
+
+
+def _select(config: SearchConfig, key, value_QxN, alive_QxN, tokens_BxW, length_B):
+  """([Q, N] int32 parents, [Q] int32 distinct solutions so far among the unfinished
+  rows after selection); without selection (`config.selects`) every row continues."""
+  num_problems, num_rows = alive_QxN.shape
+  class_QxN = selection.prefix_class(tokens_BxW.reshape(num_problems, num_rows, -1),
+                                     length_B.reshape(num_problems, num_rows), alive_QxN)
+  if config.selects:
+    candidate_QxN = (selection.first_copies(class_QxN, alive_QxN, config.group_size)
+                     if config.dedup else alive_QxN)
+    parent_QxN = selection.choose_parents(
+        config.selection, key, value_QxN, alive_QxN, candidate_QxN,
+        group_size=config.group_size, expand=config.expand,
+        temperature=config.selection_temperature)
+  else:  # no selection; taking the rows still packs their cache slots (KVCache.take_rows)
+    parent_QxN = jnp.broadcast_to(jnp.arange(num_rows, dtype=jnp.int32), alive_QxN.shape)
+  return parent_QxN, selection.count_distinct(class_QxN, parent_QxN, alive_QxN)
+
+
 def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchConfig,
            s: SearchState) -> SearchState:
   num_rows = config.num_rows
   num_problems = s.length_B.shape[0] // num_rows
-  out, policy_state = policy.step(policy_params, s.policy, jax.random.fold_in(rng, s.round),
-                                  sampler, config.max_step_tokens, config.step_by_step)
+  round_key = jax.random.fold_in(rng, s.round)
+  started_Q = jnp.any(~policy.finished(s.policy).reshape(num_problems, num_rows), axis=1)
+  out, policy_state = policy.step(policy_params, s.policy, round_key, sampler,
+                                  config.max_step_tokens, config.step_by_step)
   active_B = out.lengths_B > 0
   tokens_BxW = append_tokens(s.tokens_BxW, out.tokens_BxG, s.length_B, active_B)
   length_B = s.length_B + out.lengths_B
@@ -244,19 +304,19 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
   generated_Q = s.tokens_generated_Q + step_tokens_Q
   prm_tokens_Q = s.prm_tokens_Q + step_tokens_Q  # the PRM scores every new token once
 
+  distinct_QxR = s.distinct_QxR
   if config.step_by_step:
     value_B = score_B
-    if config.lookahead_steps and config.expand > 1:  # values only matter to selection
+    if config.lookahead_steps and config.selects:  # values only matter to selection
       value_B, rollout_Q = _lookahead(policy, prm, policy_params, prm_params, policy_state,
                                       prm_state, score_B, length_B, config, num_problems)
       generated_Q += rollout_Q
       prm_tokens_Q += rollout_Q
     alive_QxN = ~policy.finished(policy_state).reshape(num_problems, num_rows)
-    if config.expand > 1:
-      parent_QxN = selection.select_parents(value_B.reshape(num_problems, num_rows), alive_QxN,
-                                            group_size=config.group_size, expand=config.expand)
-    else:  # no selection; taking the rows still packs their cache slots (KVCache.take_rows)
-      parent_QxN = jnp.broadcast_to(jnp.arange(num_rows, dtype=jnp.int32), alive_QxN.shape)
+    parent_QxN, distinct_Q = _select(
+        config, jax.random.fold_in(round_key, _SELECTION_STREAM),
+        value_B.reshape(num_problems, num_rows), alive_QxN, tokens_BxW, length_B)
+    distinct_QxR = distinct_QxR.at[:, s.round].set(jnp.where(started_Q, distinct_Q, -1))
     policy_state = policy.take_rows(policy_state, parent_QxN)
     prm_state = prm.take_rows(prm_state, parent_QxN)
     rows_B = steps.flat_rows(parent_QxN, num_rows)
@@ -267,7 +327,8 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
   return SearchState(policy=policy_state, prm=prm_state, tokens_BxW=tokens_BxW,
                      length_B=length_B, score_B=score_B,
                      complete_B=complete_B, round=s.round + 1,
-                     tokens_generated_Q=generated_Q, prm_tokens_Q=prm_tokens_Q)
+                     tokens_generated_Q=generated_Q, prm_tokens_Q=prm_tokens_Q,
+                     distinct_QxR=distinct_QxR)
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "prm", "config"))
@@ -281,7 +342,8 @@ def search(policy: callbacks.SearchPolicy, prm: callbacks.SearchVerifier, policy
   prompts_QxP, lengths_Q: int32 left-padded prompts and their lengths.
   live_Q: bool; False rows are batch padding: they generate and score nothing.
   rng: sampling key; round r samples with fold_in(rng, r), whatever k is, so a
-    lookahead search and a beam search of the same seed draw the same keys.
+    lookahead search and a beam search of the same seed draw the same keys (rule
+    "particles" draws parents from a stream of its own).
   sampler: how steps are sampled (its array fields are traced).
   """
   num_problems = prompts_QxP.shape[0]
@@ -299,7 +361,8 @@ def search(policy: callbacks.SearchPolicy, prm: callbacks.SearchVerifier, policy
       length_B=jnp.zeros((batch,), jnp.int32), score_B=jnp.zeros((batch,), jnp.float32),
       complete_B=jnp.zeros((batch,), bool),
       round=jnp.zeros((), jnp.int32), tokens_generated_Q=jnp.zeros((num_problems,), jnp.int32),
-      prm_tokens_Q=jnp.where(live_Q, lengths_Q, 0).astype(jnp.int32))
+      prm_tokens_Q=jnp.where(live_Q, lengths_Q, 0).astype(jnp.int32),
+      distinct_QxR=jnp.full((num_problems, config.max_rounds), -1, jnp.int32))
 
   def cond(s):
     return (s.round < config.max_rounds) & ~jnp.all(policy.finished(s.policy))
@@ -312,4 +375,4 @@ def search(policy: callbacks.SearchPolicy, prm: callbacks.SearchVerifier, policy
       scores_QxN=s.score_B.reshape(shape), complete_QxN=s.complete_B.reshape(shape),
       rounds=s.round,
       tokens_generated_Q=s.tokens_generated_Q, prm_tokens_Q=s.prm_tokens_Q,
-      prm_overflowed=prm.overflowed(s.prm))
+      prm_overflowed=prm.overflowed(s.prm), distinct_QxR=s.distinct_QxR)
