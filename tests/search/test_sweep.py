@@ -184,12 +184,41 @@ def test_choose_sums_scores_over_the_tasks_equal_answers():
   result = _result(["\\boxed{7}", "\\boxed{8}", "\\boxed{007}", "\\boxed{8}", "\\boxed{9}"],
                    [True, True, True, False, False], [0.3, 0.5, 0.3, 0.9, 0.99])
   chosen = sweep._choose(task, CHAR_CODEC, problem, result, 0)
-  assert chosen == {"answer": "7", "correct": True, "complete": 3}
+  # Majority: "7" (twice, as one answer) beats "8" (once finished).
+  assert chosen == {"answer": "7", "correct": True, "majority_correct": True, "complete": 3}
+  result = _result(["\\boxed{7}", "\\boxed{8}", "\\boxed{8}", "\\boxed{7}", "\\boxed{7}"],
+                   [True] * 5, [0.9, 0.1, 0.1, 0.1, 0.1])
+  chosen = sweep._choose(task, CHAR_CODEC, problem, result, 0)
+  assert chosen["correct"] is True and chosen["majority_correct"] is True
+  result = _result(["\\boxed{7}", "\\boxed{8}", "\\boxed{8}"], [True] * 3, [0.9, 0.1, 0.1])
+  chosen = sweep._choose(task, CHAR_CODEC, problem, result, 0)
+  assert chosen["correct"] is True and chosen["majority_correct"] is False
   result = _result(["\\boxed{7}", "\\boxed{8}"], [True, True], [0.3, 0.5])
   assert sweep._choose(task, CHAR_CODEC, problem, result, 0)["correct"] is False
   result = _result(["\\boxed{7}"], [False], [0.3])
   assert sweep._choose(task, CHAR_CODEC, problem, result, 0) == {
-      "answer": None, "correct": False, "complete": 0}
+      "answer": None, "correct": False, "majority_correct": False, "complete": 0}
+
+
+def test_majority_row_and_paired_differences_to_best_of_n():
+  records = [dict(_record(u, lv, "best_of_n", 4, c), majority_correct=m)
+             for u, lv, c, m in (("a", 1, True, False), ("b", 4, False, True),
+                                 ("c", 5, False, False))]
+  records += [_record(u, lv, "beam", 4, c) for u, lv, c in (("a", 1, True), ("b", 4, True),
+                                                             ("c", 5, True))]
+  records.append(_record("d", 5, "beam", 4, True))  # best_of_n never ran d: not paired
+  table = results.accuracy_table(records)
+  assert table[results.MAJORITY][4][0] == pytest.approx(1 / 3)
+  assert table["beam"][4][0] == 1.0
+  diff = results.difference_table(records)
+  assert set(diff) == {"beam", results.MAJORITY}
+  assert diff["beam"][4][0] == pytest.approx(2 / 3)  # over a, b, c only
+  assert diff[results.MAJORITY][4][0] == pytest.approx(0.0)
+  # Levels 4-5: problems b and c, both right by beam, both wrong by best_of_n.
+  assert results.difference_table(records, level=(4, 5))["beam"][4] == (1.0, 1.0, 1.0)
+  assert results.accuracy_table(records, level=(4, 5))["beam"][4][0] == 1.0
+  # Per problem 0, 1, 1: resamples of a alone (1 in 27) give 0, of b and c alone 1.
+  assert "0.667 [0.000, 1.000]" in results.format_table(diff)
 
 
 class _NoStepChecker(arith_task.ArithTask):

@@ -4,7 +4,8 @@ The one schema that `ttc.search.sweep` writes and `ttc.search.report` reads:
 
   {"uid", "level", "method", "budget", "seed",
    "rows": N, "generations": N (k + 1),
-   "answer": str | null, "correct": bool, "complete": rows that ended with EOS,
+   "answer": str | null, "correct": bool, "majority_correct": bool,
+   "complete": rows that ended with EOS,
    "tokens_generated", "prm_tokens", "rounds", "wall_s", "prm_overflowed",
    "distinct_prefixes": [int per round]}
 
@@ -14,12 +15,15 @@ prm_tokens: policy tokens sampled / tokens the verifier ran for the problem.
 wall_s: its share of the batch's device seconds (compilation excluded).
 distinct_prefixes: for each round the problem ran, the distinct solutions so far
 among its unfinished rows right after selection (0 once all finished); [] for
-best-of-N, which selects nothing. Optional: files written before it lack it, and
-other writers (`ttc.revision.sweep`) do not write it.
+best-of-N, which selects nothing. majority_correct: whether a majority vote over the
+same N final rows is right; best_of_n's give the table's "majority" row. Both are
+optional: files written before them lack them, and other writers
+(`ttc.revision.sweep`) do not write them.
 
 Accuracy of a (method, budget) is the mean over problems of the chosen answer's
 correctness (averaged over seeds first), with a 95% percentile-bootstrap interval
-over problems (`ttc.stats`).
+over problems (`ttc.stats`); a method's difference to best-of-N resamples the same
+problems for both (paired).
 """
 
 import collections
@@ -61,33 +65,69 @@ def read_results(path: str, stage: str = "search_sweep") -> list[dict]:
 # ----------------------------------------------------------------------------- summaries
 
 
+MAJORITY = "majority"  # the pseudo-method of best_of_n's rows picked by majority vote
+
+
 def _per_problem(records):
-  """{(method, budget): {uid: [correct per seed]}} and {uid: level}."""
+  """{(method, budget): {uid: [correct per seed]}} and {uid: level}.
+
+  best_of_n's lines also give the row `MAJORITY`: a majority vote over the same
+  samples (lines written before it was recorded give none).
+  """
   cells = collections.defaultdict(lambda: collections.defaultdict(list))
   levels = {}
   for r in records:
     cells[r["method"], r["budget"]][r["uid"]].append(float(r["correct"]))
+    if r["method"] == "best_of_n" and "majority_correct" in r:
+      cells[MAJORITY, r["budget"]][r["uid"]].append(float(r["majority_correct"]))
     levels[r["uid"]] = r["level"]
   return cells, levels
 
 
+def _in(level, problem_level: int) -> bool:
+  """level: None (all), one level, or a collection of levels (e.g. (4, 5))."""
+  if level is None:
+    return True
+  return problem_level in level if isinstance(level, (tuple, list, set)) else (
+      problem_level == level)
+
+
 def accuracy_table(records, level=None) -> dict:
-  """{method: {budget: (mean, low, high)}} over problems (of one level, if given)."""
+  """{method: {budget: (mean, low, high)}} over problems (of `level`: None, one level or
+  a collection of them)."""
   cells, levels = _per_problem(records)
   table = collections.defaultdict(dict)
   for (method, budget), per_uid in cells.items():
-    values = [np.mean(v) for uid, v in per_uid.items() if level in (None, levels[uid])]
+    values = [np.mean(v) for uid, v in per_uid.items() if _in(level, levels[uid])]
     if values:
       table[method][budget] = stats.bootstrap_interval(values)
   return {m: dict(sorted(row.items())) for m, row in table.items()}
 
 
+def difference_table(records, baseline: str = "best_of_n", level=None) -> dict:
+  """{method: {budget: (mean, low, high)}} of accuracy minus `baseline`'s at the same
+  budget, over the problems both ran (paired: the bootstrap resamples problems, so
+  an interval above 0 says the method is better on this split). `level` as for
+  `accuracy_table`."""
+  cells, levels = _per_problem(records)
+  table = collections.defaultdict(dict)
+  for (method, budget), per_uid in cells.items():
+    base = cells.get((baseline, budget), {})
+    shared = [uid for uid in per_uid if uid in base and _in(level, levels[uid])]
+    if method != baseline and shared:
+      table[method][budget] = stats.bootstrap_interval(
+          [np.mean(per_uid[uid]) - np.mean(base[uid]) for uid in shared])
+  return {m: dict(sorted(row.items())) for m, row in table.items()}
+
+
 def format_table(table: dict) -> str:
-  """`accuracy_table` as text: one line per method, one column per budget."""
+  """`accuracy_table` (or `difference_table`) as text: a line per method, a column per
+  budget."""
   budgets = sorted({b for row in table.values() for b in row})
-  lines = [f"{'method':<14}" + "".join(f"{f'N={b}':<23}" for b in budgets)]
+  width = max([14] + [len(m) + 1 for m in table])
+  lines = [f"{'method':<{width}}" + "".join(f"{f'N={b}':<23}" for b in budgets)]
   for method, row in table.items():
-    lines.append(f"{method:<14}" + "".join(
+    lines.append(f"{method:<{width}}" + "".join(
         f"{stats.format_interval(*row[b]) if b in row else '-':<23}" for b in budgets))
   return "\n".join(lines)
 

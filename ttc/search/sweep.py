@@ -46,7 +46,8 @@ def _batch_key(seed: int, method: str, budget: int, batch_index: int):
 
 def _choose(task: task_lib.Task, codec: workdir_lib.Codec, problem: task_lib.Problem,
             result, q: int) -> dict:
-  """The weighted best-of-N answer of problem q of a batch (host arrays), from its N rows."""
+  """The weighted best-of-N answer of problem q of a batch (host arrays), from its N rows,
+  and whether a majority vote over the same rows would be right (the paper's baseline)."""
   tokens, lengths = result.tokens_QxNxW[q], result.lengths_QxN[q]
   complete = result.complete_QxN[q]
   texts = [codec.decode(tokens[n, :lengths[n]].tolist()) for n in range(len(lengths))]
@@ -54,9 +55,10 @@ def _choose(task: task_lib.Task, codec: workdir_lib.Codec, problem: task_lib.Pro
   answers = [task.extract_answer(t) if done else None for t, done in zip(texts, complete)]
   ids = np.asarray(task.answer_ids(answers), np.int32)
   row = int(aggregation.choose_answer(ids, result.scores_QxN[q], "weighted"))
-  answer = answers[row]
-  return {"answer": answer, "correct": answer is not None and task.is_correct(answer, problem),
-          "complete": int(complete.sum())}
+  right = lambda a: a is not None and task.is_correct(a, problem)
+  voted = answers[int(aggregation.choose_answer(ids, result.scores_QxN[q], "majority"))]
+  return {"answer": answers[row], "correct": right(answers[row]),
+          "majority_correct": right(voted), "complete": int(complete.sum())}
 
 
 def task_policy(task: task_lib.Task, policy: workdir_lib.Policy) -> PolicyCallbacks:
@@ -208,6 +210,8 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
   print(f"search_sweep: {task.name} {split}, policy {loaded.source}: {len(records)} results "
         f"in {path}; accuracy (weighted best-of-N pick), 95% bootstrap intervals over problems:")
   print(results.format_table(table))
+  print(f"difference to best_of_n on the same problems (paired 95% bootstrap intervals):\n"
+        f"{results.format_table(results.difference_table(records))}")
   print(results.format_costs(records))
   diversity = results.format_diversity(records)
   if diversity:
