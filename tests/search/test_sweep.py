@@ -244,7 +244,7 @@ class _RecordingTask(arith_task.ArithTask):
     return super().step_correctness(problem, text)
 
 
-def test_oracle_sweep_checks_each_problem_by_its_own_prompt(policy_only):
+def test_oracle_sweep_checks_each_problem_by_its_own_prompt(policy_only, capsys):
   """The oracle looks each row's problem up by the prompt the sweep encoded."""
   path = policy_only
   base = arith_task.register_arith_task(name="oracle_sweep", num_train_per_level=1,
@@ -258,9 +258,13 @@ def test_oracle_sweep_checks_each_problem_by_its_own_prompt(policy_only):
   records = results.read_results(str(path / "search_test.jsonl"))
   assert sorted((r["method"], r["level"]) for r in records) == [
       ("beam_m2", 1), ("beam_m2", 2), ("best_of_n", 1), ("best_of_n", 2)]
-  assert set(table) == {"best_of_n", "beam_m2"}
+  assert set(table) == {"best_of_n", "beam_m2", results.MAJORITY}
   for r in records:  # best-of-N has no selection rounds
     assert (r["distinct_prefixes"] == []) == (r["method"] == "best_of_n"), r
+  report.plot_search(str(path))
+  printed = capsys.readouterr().out
+  assert "difference to best_of_n, levels [1, 2]" in printed and "beam_m2" in printed
+  assert (path / "search_test.png").exists()
   settings = json.loads((path / "search_test.settings.json").read_text())
   assert settings["verifier"] == "oracle" and settings["task"] == "oracle_sweep"
 

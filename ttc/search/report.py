@@ -46,11 +46,16 @@ def plot(records, path: str, title: str = "") -> None:
 @gin.configurable(denylist=["workdir"])
 def plot_search(workdir: str, results_file: str = "search_test.jsonl",
                 output: str = "search_test.png"):
-  """Stage: draws `<workdir>/<output>` from a sweep's results and prints per-level tables."""
+  """Stage: draws `<workdir>/<output>` from a sweep's results and prints per-level tables,
+  and each method's paired difference to best_of_n overall and on the two hardest levels."""
   records = results.read_results(os.path.join(workdir, results_file))
-  for level in sorted({r["level"] for r in records}):
+  levels = sorted({r["level"] for r in records})
+  for level in levels:
     print(f"level {level}:")
     print(results.format_table(results.accuracy_table(records, level)))
+  for name, level in (("all levels", None), (f"levels {levels[-2:]}", tuple(levels[-2:]))):
+    print(f"difference to best_of_n, {name} (paired 95% bootstrap intervals):")
+    print(results.format_table(results.difference_table(records, level=level)))
   path = os.path.join(workdir, output)
   plot(records, path, title=f"{results_file}: weighted best-of-N pick, 95% intervals")
   print(f"plot_search: wrote {path}")
