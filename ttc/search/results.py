@@ -125,10 +125,11 @@ def format_table(table: dict) -> str:
   budget."""
   budgets = sorted({b for row in table.values() for b in row})
   width = max([14] + [len(m) + 1 for m in table])
-  lines = [f"{'method':<{width}}" + "".join(f"{f'N={b}':<23}" for b in budgets)]
+  # 25 characters hold a signed difference, '-0.120 [-0.160, -0.083]', and a space.
+  lines = [f"{'method':<{width}}" + "".join(f"{f'N={b}':<25}" for b in budgets)]
   for method, row in table.items():
     lines.append(f"{method:<{width}}" + "".join(
-        f"{stats.format_interval(*row[b]) if b in row else '-':<23}" for b in budgets))
+        f"{stats.format_interval(*row[b]) if b in row else '-':<25}" for b in budgets))
   return "\n".join(lines)
 
 
@@ -137,10 +138,11 @@ def format_costs(records) -> str:
   sums = collections.defaultdict(lambda: np.zeros(4))
   for r in records:
     sums[r["method"], r["budget"]] += (r["tokens_generated"], r["prm_tokens"], r["wall_s"], 1)
-  lines = [f"{'method':<14}{'budget':>7}{'tokens/problem':>16}{'PRM/generated':>15}"
+  width = max([14] + [len(method) + 1 for method, _ in sums])
+  lines = [f"{'method':<{width}}{'budget':>7}{'tokens/problem':>16}{'PRM/generated':>15}"
            f"{'s per 1k tokens':>17}"]
   for (method, budget), (gen, prm, wall, n) in sorted(sums.items()):
-    lines.append(f"{method:<14}{budget:>7}{gen / n:>16.0f}{prm / max(gen, 1):>15.3f}"
+    lines.append(f"{method:<{width}}{budget:>7}{gen / n:>16.0f}{prm / max(gen, 1):>15.3f}"
                  f"{1000 * wall / max(gen, 1):>17.4f}")
   return "\n".join(lines)
 
