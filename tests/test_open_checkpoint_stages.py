@@ -83,7 +83,7 @@ def test_search_sweep_searches_with_the_hf_policy_and_its_prm(hf_work, tmp_path)
                              method_names=("best_of_n", "beam_m2"), budgets=(2,),
                              max_problems_per_level=1, max_solution_tokens=16,
                              max_step_tokens=8, results_file="hf_search.jsonl")
-  assert set(table) == {"best_of_n", "beam_m2"}
+  assert set(table) == {"best_of_n", "beam_m2", "majority"}
   records = results.read_results(str(work / "hf_search.jsonl"))
   assert {r["method"] for r in records} == {"best_of_n", "beam_m2"}
   settings = json.loads((work / "hf_search.settings.json").read_text())
