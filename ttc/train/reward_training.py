@@ -204,21 +204,22 @@ def _labels_policy(labels_path: str, task: task_lib.Task) -> str:
 
 
 def _backbone(workdir: str, backbone: str, policy: str,
-              policy_codec: workdir_lib.Codec) -> str:
-  """The checkpoint the reward model starts from: `policy` unless `backbone` names another
-  (a path, relative ones under the work dir, or "smollm2"). Search hands the PRM the
-  policy's token ids, so a backbone that reads text with other tokens is refused."""
+              policy_checkpoint: workdir_lib.Checkpoint):
+  """(source, checkpoint) the reward model starts from: the labels' `policy` unless
+  `backbone` names another (a path, relative ones under the work dir, or "smollm2").
+  Search hands the PRM the policy's token ids, so a backbone that reads text with
+  other tokens is refused."""
   if not backbone:
-    return policy
+    return policy, policy_checkpoint
   under = os.path.join(workdir, backbone)
   source = under if os.path.exists(under) else backbone
-  codec = workdir_lib.open_checkpoint(source).codec
+  checkpoint = workdir_lib.open_checkpoint(source)
   reads = lambda c: (c.vocab_size, c.eos_id, c.token_texts)
-  if reads(codec) != reads(policy_codec):
+  if reads(checkpoint.codec) != reads(policy_checkpoint.codec):
     raise UserError(f"backbone {source} reads text with other tokens than the policy that "
                     f"sampled the labels ({policy or workdir}); a reward model must share the "
                     "policy's tokenizer")
-  return source
+  return source, checkpoint
 
 
 def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: RewardTraining,
@@ -236,9 +237,9 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
   task_name = labeling.register_prm_labels_task(
       "reward_labels_" + re.sub(r"\W", "_", labels_path), labels_path,
       training.validation_percent)
-  codec = workdir_lib.open_checkpoint(policy or workdir).codec
-  start_from = _backbone(workdir, backbone, policy, codec)
-  checkpoint = workdir_lib.open_checkpoint(start_from or workdir)
+  policy_checkpoint = workdir_lib.open_checkpoint(policy or workdir)
+  codec = policy_checkpoint.codec
+  start_from, checkpoint = _backbone(workdir, backbone, policy, policy_checkpoint)
   train_ex = load_examples(task_name, "train", kind, training, task, codec)
   val_ex = load_examples(task_name, "validation", kind, training, task, codec)
   # The reward model has the backbone's shape; its weights load only on a fresh start.
