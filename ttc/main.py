@@ -46,6 +46,8 @@ def _import_configurables():
   # Importing registers every configurable a gin file may name.
   from ttc.data import task
   task.import_builtin_tasks()
+  import ttc.allocation.compute_optimal  # noqa: F401
+  import ttc.allocation.difficulty  # noqa: F401
   import ttc.evaluate  # noqa: F401
   import ttc.revision.data  # noqa: F401
   import ttc.revision.model  # noqa: F401

@@ -115,7 +115,7 @@ class FakeSolver:
         text, stops = self.sample(question.strip(), int(j))
         texts.append(text)
         finished.append(stops)
-    return generation.Generations(texts, finished, sum(map(len, texts)))
+    return generation.Generations(texts, finished, [len(t) for t in texts])
 
   @staticmethod
   def sample(question: str, j: int) -> tuple[str, bool]:

@@ -68,7 +68,7 @@ def read_results(path: str, stage: str = "search_sweep") -> list[dict]:
 MAJORITY = "majority"  # the pseudo-method of best_of_n's rows picked by majority vote
 
 
-def _per_problem(records):
+def per_problem(records):
   """{(method, budget): {uid: [correct per seed]}} and {uid: level}.
 
   best_of_n's lines also give the row `MAJORITY`: a majority vote over the same
@@ -95,7 +95,7 @@ def _in(level, problem_level: int) -> bool:
 def accuracy_table(records, level=None) -> dict:
   """{method: {budget: (mean, low, high)}} over problems (of `level`: None, one level or
   a collection of them)."""
-  cells, levels = _per_problem(records)
+  cells, levels = per_problem(records)
   table = collections.defaultdict(dict)
   for (method, budget), per_uid in cells.items():
     values = [np.mean(v) for uid, v in per_uid.items() if _in(level, levels[uid])]
@@ -109,7 +109,7 @@ def difference_table(records, baseline: str = "best_of_n", level=None) -> dict:
   budget, over the problems both ran (paired: the bootstrap resamples problems, so
   an interval above 0 says the method is better on this split). `level` as for
   `accuracy_table`."""
-  cells, levels = _per_problem(records)
+  cells, levels = per_problem(records)
   table = collections.defaultdict(dict)
   for (method, budget), per_uid in cells.items():
     base = cells.get((baseline, budget), {})

@@ -72,7 +72,7 @@ def _step_texts(task: task_lib.Task, text: str) -> list[str]:
   return [text[start + 1:end + 1] for start, end in zip([-1] + ends[:-1], ends)]
 
 
-def _sequences(task: task_lib.Task, codec, prompt_ids: list[int], texts: list[str]):
+def solution_sequences(task: task_lib.Task, codec, prompt_ids: list[int], texts: list[str]):
   """(token ids, step-end indices, [last index]) per solution (`labeling.solution_tokens`)."""
   pairs = [labeling.solution_tokens(task, codec, prompt_ids, t) for t in texts]
   return [p[0] for p in pairs], [p[1] for p in pairs], [[len(p[0]) - 1] for p in pairs]
@@ -95,8 +95,8 @@ def _threshold_from_labels(task, codec, prm, prm_params, labels_path, validation
   seqs, ends, truth = [], [], []
   for r in records:
     samples = [s for s in r["samples"] if s["true"] is not None]
-    s, e, _ = _sequences(task, codec, codec.encode_prompt(r["prompt"], task.chat),
-                         [sample["text"] for sample in samples])
+    s, e, _ = solution_sequences(task, codec, codec.encode_prompt(r["prompt"], task.chat),
+                                 [sample["text"] for sample in samples])
     seqs += s
     ends += e
     truth += [sample["true"] for sample in samples]
@@ -192,8 +192,8 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
                                  batch_size=batch_size, seed=seed)
     seqs, ends, lasts = [], [], []
     for problem, rows in zip(problems, solutions):
-      s, e, l = _sequences(task, codec, codec.encode_prompt(task.prompt(problem), task.chat),
-                           [r["text"] for r in rows])
+      prompt_ids = codec.encode_prompt(task.prompt(problem), task.chat)
+      s, e, l = solution_sequences(task, codec, prompt_ids, [r["text"] for r in rows])
       seqs += s
       ends += e
       lasts += l
