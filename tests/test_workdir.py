@@ -50,6 +50,20 @@ def test_load_policy_from_a_work_dir(policy_dir):
   assert np.asarray(table).shape == (32, 32)  # [vocab, embed] of the fixture's config
 
 
+def test_a_relative_policy_names_a_checkpoint_under_the_work_dir(policy_dir, tmp_path,
+                                                                 monkeypatch):
+  # A second policy beside the first, as train.output_dir leaves it (flops_matched.gin).
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "policy_large").symlink_to(policy_dir)
+  monkeypatch.chdir(tmp_path)  # "policy_large" is not a path from here
+  with workdir.device_context() as devices:
+    policy = workdir.load_policy("policy_large", devices, str(tmp_path / "run"))
+  assert policy.kind == "workdir" and policy.describe()["policy"] == "policy_large"
+  with pytest.raises(UserError, match="checkpoint nope not found"):
+    with workdir.device_context() as devices:
+      workdir.load_policy("nope", devices, str(tmp_path / "run"))
+
+
 def test_a_stage_without_policy_or_work_dir_is_a_user_error():
   with pytest.raises(UserError, match="no policy named"):
     workdir.load_policy("", workdir.Devices(None, None))

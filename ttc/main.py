@@ -48,6 +48,7 @@ def _import_configurables():
   task.import_builtin_tasks()
   import ttc.allocation.compute_optimal  # noqa: F401
   import ttc.allocation.difficulty  # noqa: F401
+  import ttc.allocation.report  # noqa: F401
   import ttc.evaluate  # noqa: F401
   import ttc.revision.data  # noqa: F401
   import ttc.revision.model  # noqa: F401

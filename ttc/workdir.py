@@ -354,11 +354,16 @@ def load_policy(policy: str, devices: Devices, workdir: str = "") -> Policy:
   """Loads the policy a stage names onto `devices`.
 
   policy: a checkpoint path or `smollm2` (see the module docstring), or "" for the
-    policy trained in `workdir`.
+    policy trained in `workdir`. A relative path that names something under `workdir`
+    means that (e.g. a second policy trained there with `train.output_dir`).
   """
   if not policy and not workdir:
     raise UserError("no policy named: set the stage's policy to a checkpoint or 'smollm2'")
-  checkpoint = open_checkpoint(policy or workdir)
+  source = policy or workdir
+  if policy and workdir and not os.path.isabs(policy) and os.path.exists(
+      os.path.join(workdir, policy)):
+    source = os.path.join(workdir, policy)
+  checkpoint = open_checkpoint(source)
   model, params, step = checkpoint.load_weights(devices.mesh, devices.rules)
   return Policy(model, params, checkpoint.codec, policy, checkpoint.kind, step)
 

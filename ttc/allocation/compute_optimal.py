@@ -52,6 +52,8 @@ class Curves:
   choices: [budgets][2][bins] "method@budget" used on evaluation half h, bin k.
   ratios: efficiency Ratios (point estimate); ratio_interval: {budget: (low, high)};
   summary: (geometric mean, low, high) of the ratios.
+  difference: (mean, low, high) of compute-optimal minus the baseline, averaged over
+  the budgets where both have a value; paired (both from the same resamples).
   """
   budgets: tuple[int, ...]
   questions: int
@@ -64,6 +66,7 @@ class Curves:
   ratios: list
   ratio_interval: dict
   summary: tuple
+  difference: tuple
 
 
 def _means(table, budgets, baseline, candidates, weights, num_bins, probes):
@@ -100,7 +103,12 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
   n = len(table.uids)
   samples = {k: [] for k in means}
   ratio_samples = {r.budget: [] for r in ratios}
-  summaries = []
+  summaries, differences = [], []
+
+  def mean_difference(m):
+    d = np.asarray(m["compute_optimal"]) - np.asarray(m[baseline])
+    return float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
+
   for _ in range(num_resamples):
     weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
     m, _, _ = _means(table, budgets, baseline, candidates, weights, num_bins, probes)
@@ -110,6 +118,7 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
     for r in resampled:
       ratio_samples.setdefault(r.budget, []).append(r.ratio)
     summaries.append(efficiency.geometric_mean(resampled))
+    differences.append(mean_difference(m))
 
   def bounds(x):
     with warnings.catch_warnings():  # a budget no candidate fits is NaN in every resample
@@ -127,7 +136,8 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
       budgets, n, tuple(dropped), {k: v.tolist() for k, v in means.items()}, low, high,
       per_bin, names, ratios,
       {b: tuple(bounds(s).tolist()) for b, s in ratio_samples.items() if s},
-      (efficiency.geometric_mean(ratios), *bounds(summaries).tolist()))
+      (efficiency.geometric_mean(ratios), *bounds(summaries).tolist()),
+      (mean_difference(means), *bounds(differences).tolist()))
 
 
 def _probe_statistics(table, records_by_uid, probes) -> dict:
@@ -205,6 +215,8 @@ def format_curves(name: str, c: Curves, baseline: str) -> str:
   lines.append("efficiency vs " + baseline + ": " + "; ".join(ratios))
   g, lo, hi = c.summary
   lines.append(f"geometric mean {g:.2f}x [{lo:.2f}, {hi:.2f}] (95% bootstrap, selection redone)")
+  lines.append("compute-optimal - {}, mean over budgets: {:+.3f} [{:+.3f}, {:+.3f}] "
+               "(paired)".format(baseline, *c.difference))
   for b, at_budget in zip(c.budgets, c.choices):
     picks = " | ".join(",".join(str(x) for x in half) for half in at_budget)
     lines.append(f"  N={b} chosen per bin (half 0 | half 1): {picks}")
