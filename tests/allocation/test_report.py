@@ -6,25 +6,11 @@ import re
 import pytest
 
 from ttc import workdir as workdir_lib
-from ttc.allocation import compute_optimal, report
+from ttc.allocation import compute_optimal, findings, report
 from ttc.models.config import ModelConfig
+from tests.allocation import synthetic
 
 NUM = 50  # questions; oracle bin k (1 = easiest) holds questions 10 (k-1) ... 10 k - 1
-
-
-def _uid(i):
-  return f"q{i:02d}"
-
-
-def _line(i, method, budget, correct, **extra):
-  return {"uid": _uid(i), "level": 1 + i % 5, "method": method, "budget": budget, "seed": 0,
-          "rows": budget, "generations": budget, "answer": "1", "correct": bool(correct),
-          "complete": budget, "tokens_generated": 10 * budget, "prm_tokens": 11 * budget,
-          "rounds": 1, "wall_s": 0.0, "prm_overflowed": False, **extra}
-
-
-def _write(path, records):
-  path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _verdicts(findings):
@@ -35,23 +21,23 @@ def _verdicts(findings):
 
 
 def test_verdict_reads_the_interval_against_the_threshold():
-  assert report.verdict(0.1, 0.3) == "yes"
-  assert report.verdict(-0.3, -0.1) == "no"
-  assert report.verdict(-0.1, 0.3) == "inconclusive"
-  assert report.verdict(0.0, 0.0) == "inconclusive"  # touching the threshold decides nothing
-  assert report.verdict(-0.3, -0.1, above=False) == "yes"
-  assert report.verdict(1.2, 3.0, threshold=1.0) == "yes"
-  assert report.verdict(float("nan"), 1.0) == "n/a"
+  assert findings.verdict(0.1, 0.3) == "yes"
+  assert findings.verdict(-0.3, -0.1) == "no"
+  assert findings.verdict(-0.1, 0.3) == "inconclusive"
+  assert findings.verdict(0.0, 0.0) == "inconclusive"  # touching the threshold decides nothing
+  assert findings.verdict(-0.3, -0.1, above=False) == "yes"
+  assert findings.verdict(1.2, 3.0, threshold=1.0) == "yes"
+  assert findings.verdict(float("nan"), 1.0) == "n/a"
 
 
 def test_beam_clearly_ahead_at_the_small_budget_reproduces_f1():
   # beam_m4 right on every problem at N=4, best_of_n on 10 of 40; both right on all at 16.
   records = []
   for i in range(40):
-    records += [_line(i, "beam_m4", 4, True), _line(i, "best_of_n", 4, i < 10),
-                _line(i, "beam_m4", 16, True), _line(i, "best_of_n", 16, True)]
-  bins = {_uid(i): 1 + i // 8 for i in range(40)}  # problems 24..39 in the hardest two
-  got = {f.key: f for f in report.beam_vs_best_of_n(records, "s.jsonl", bins)}
+    records += [synthetic.line(i, "beam_m4", 4, True), synthetic.line(i, "best_of_n", 4, i < 10),
+                synthetic.line(i, "beam_m4", 16, True), synthetic.line(i, "best_of_n", 16, True)]
+  bins = {synthetic.uid(i): 1 + i // 8 for i in range(40)}  # problems 24..39 in the hardest two
+  got = {f.key: f for f in findings.beam_vs_best_of_n(records, "s.jsonl", bins)}
   f1 = got["F1"]
   assert f1.verdict == "yes"
   assert f1.interval[0] == pytest.approx(0.75) and f1.interval[1] > 0
@@ -67,27 +53,27 @@ def test_equal_accuracy_with_different_problems_is_inconclusive():
   # Each method solves the half the other misses: same accuracy, interval around 0.
   records = []
   for i in range(40):
-    records += [_line(i, "beam_m4", 4, i % 2 == 0), _line(i, "best_of_n", 4, i % 2 == 1)]
-  f1 = report.beam_vs_best_of_n(records, "s.jsonl")[0]
+    records += [synthetic.line(i, "beam_m4", 4, i % 2 == 0), synthetic.line(i, "best_of_n", 4, i % 2 == 1)]
+  f1 = findings.beam_vs_best_of_n(records, "s.jsonl")[0]
   assert f1.verdict == "inconclusive"
   mean, low, high = f1.interval
   assert mean == 0.0 and low < 0 < high
 
 
 def test_step_method_prefers_beam_m4_then_other_beams_by_name():
-  assert report.step_method({"best_of_n", "dvts_m4", "beam_m4", "beam_m2"}) == "beam_m4"
-  assert report.step_method({"best_of_n", "dvts_m4", "beam_sqrt", "beam_m2"}) == "beam_m2"
-  assert report.step_method({"best_of_n", "dvts_m4", "lookahead_k1"}) == "dvts_m4"
-  assert report.step_method({"best_of_n", "lookahead_k1", "strong"}) is None
+  assert findings.step_method({"best_of_n", "dvts_m4", "beam_m4", "beam_m2"}) == "beam_m4"
+  assert findings.step_method({"best_of_n", "dvts_m4", "beam_sqrt", "beam_m2"}) == "beam_m2"
+  assert findings.step_method({"best_of_n", "dvts_m4", "lookahead_k1"}) == "dvts_m4"
+  assert findings.step_method({"best_of_n", "lookahead_k1", "strong"}) is None
 
 
 def test_paired_difference_averages_budgets_per_problem_and_keeps_shared_problems():
-  records = [_line(0, "a", 4, True), _line(0, "b", 4, False), _line(0, "a", 16, False),
-             _line(0, "b", 16, False), _line(1, "a", 4, True), _line(1, "b", 4, True),
-             _line(2, "a", 4, True)]  # problem 2: b never ran it, so it is left out
-  interval, n = report.paired_difference(records, "a", "b", [4])
+  records = [synthetic.line(0, "a", 4, True), synthetic.line(0, "b", 4, False), synthetic.line(0, "a", 16, False),
+             synthetic.line(0, "b", 16, False), synthetic.line(1, "a", 4, True), synthetic.line(1, "b", 4, True),
+             synthetic.line(2, "a", 4, True)]  # problem 2: b never ran it, so it is left out
+  interval, n = findings.paired_difference(records, "a", "b", [4])
   assert n == 2 and interval[0] == pytest.approx(0.5)
-  interval, n = report.paired_difference(records, "a", "b", [4, 16])
+  interval, n = findings.paired_difference(records, "a", "b", [4, 16])
   assert n == 1 and interval[0] == pytest.approx(0.5)  # problem 1 never ran at 16
 
 
@@ -95,11 +81,11 @@ def test_prm_vs_orm_and_unpaired_bounds():
   verifiers = {"problems": 30, "accuracy": {
       "PRM-last weighted": {"16": [0.6, 0.5, 0.7], "64": [0.8, 0.75, 0.85]},
       "ORM weighted": {"16": [0.6, 0.5, 0.7], "64": [0.5, 0.45, 0.55]}}}
-  f7 = report.prm_vs_orm(verifiers, "v.json")
+  f7 = findings.prm_vs_orm(verifiers, "v.json")
   assert f7.verdict == "yes" and "at N=64" in f7.measured
   assert f7.interval == pytest.approx((0.3, 0.3 - 0.05 * 2 ** 0.5, 0.3 + 0.05 * 2 ** 0.5))
   del verifiers["accuracy"]["ORM weighted"]["64"]  # the largest shared N instead
-  f7 = report.prm_vs_orm(verifiers, "v.json")
+  f7 = findings.prm_vs_orm(verifiers, "v.json")
   assert f7.verdict == "inconclusive" and "at N=16" in f7.measured
 
 
@@ -111,18 +97,18 @@ def test_flops_matched_reads_bounds_and_missing_values():
       row(0.2, 1, 0.9, "=", 0.5), row(0.2, 2, 0.7, "=", 0.5), row(0.2, 3, 0.1, "=", 0.2),
       # Past the small model's largest budget: 0.2 is a lower bound, and it trails 0.4.
       row(20.0, 1, 0.9, ">", 0.5), row(20.0, 2, 0.9, ">", 0.5), row(20.0, 3, 0.2, ">", 0.4)]}}}}
-  got = {f.key: f for f in report.flops_matched(allocation, "a.json")}
+  got = {f.key: f for f in findings.flops_matched(allocation, "a.json")}
   assert got["F8 easy p/oracle"].verdict == "yes"
   assert got["F8 easy p/oracle"].interval[0] == pytest.approx(0.3)
   assert got["F8 hard p/oracle"].verdict == "inconclusive"  # might still overtake
   allocation["flops_matched"]["pools"]["p"]["oracle"][0]["small_minus_large"] = float("nan")
-  assert report.flops_matched(allocation, "a.json")[0].verdict == "n/a"
+  assert findings.flops_matched(allocation, "a.json")[0].verdict == "n/a"
   del allocation["flops_matched"]
-  assert report.flops_matched(allocation, "a.json")[0].verdict == "not run"
+  assert findings.flops_matched(allocation, "a.json")[0].verdict == "not run"
 
 
 def test_cost_rows_count_policy_and_verifier_flops():
-  records = [_line(0, "beam_m4", 4, True), _line(1, "beam_m4", 4, False)]
+  records = [synthetic.line(0, "beam_m4", 4, True), synthetic.line(1, "beam_m4", 4, False)]
   records[1]["tokens_generated"] = 60  # mean 50 tokens, 44 PRM tokens per problem
   row, = report.cost_rows(records, policy_params=1000, verifier_params=100)
   assert (row["generations"], row["tokens"], row["verifier_tokens"]) == (4, 50, 44)
@@ -157,12 +143,12 @@ def study(tmp_path_factory):
     # best_of_n solves bins 1..2 / 1..3 / 1..4 at N = 4 / 16 / 64; beam_m4 does at 4 and
     # 16 what best_of_n needs 16 and 64 for; lookahead_k1 trails beam_m4.
     for budget, bon, beam, look in ((4, 2, 3, 1), (16, 3, 4, 3), (64, 4, 4, 4)):
-      search += [_line(i, "best_of_n", budget, b <= bon, majority_correct=b <= bon - 1),
-                 _line(i, "beam_m4", budget, b <= beam), _line(i, "lookahead_k1", budget,
+      search += [synthetic.line(i, "best_of_n", budget, b <= bon, majority_correct=b <= bon - 1),
+                 synthetic.line(i, "beam_m4", budget, b <= beam), synthetic.line(i, "lookahead_k1", budget,
                                                                b <= look)]
-  _write(tmp_path / "search_test.jsonl", search)
-  _write(tmp_path / "difficulty_test.jsonl",
-         [{"uid": _uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
+  synthetic.write(tmp_path / "search_test.jsonl", search)
+  synthetic.write(tmp_path / "difficulty_test.jsonl",
+         [{"uid": synthetic.uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
            "pass_at_1": (100 - 2 * i) / 100, "finished": 100, "mean_final_score": 1 - i / NUM,
            "final_scores": [1 - (i // 10) / 5] * 4 + [0.5] * 96,
            "tokens_generated": 1000} for i in range(NUM)])
@@ -170,9 +156,9 @@ def study(tmp_path_factory):
   revisions = []
   for i in range(NUM):
     for c, l, solved in ((1, 4, 4), (2, 2, 3), (4, 1, 2), (1, 2, 2), (2, 1, 1)):
-      revisions.append({**_line(i, f"revise_c{c}_l{l}_hier", c * l, i // 10 + 1 <= solved),
+      revisions.append({**synthetic.line(i, f"revise_c{c}_l{l}_hier", c * l, i // 10 + 1 <= solved),
                         "rows": c, "rounds": l, "rule": "hier", "chosen": [0, 0]})
-  _write(tmp_path / "revisions_test.jsonl", revisions)
+  synthetic.write(tmp_path / "revisions_test.jsonl", revisions)
   # Verifiers: the PRM clearly ahead of the ORM at N = 64.
   (tmp_path / "verifiers_test.json").write_text(json.dumps({"problems": NUM, "accuracy": {
       "majority": {"64": [0.5, 0.4, 0.6]}, "ORM weighted": {"64": [0.5, 0.4, 0.6]},
@@ -182,8 +168,8 @@ def study(tmp_path_factory):
   workdir_lib.save_model_config(str(tmp_path), ModelConfig())
   workdir_lib.save_model_config(str(tmp_path / "prm"), ModelConfig())
   workdir_lib.save_model_config(str(tmp_path / "large"), ModelConfig(num_layers=16))
-  _write(tmp_path / "large_eval.jsonl",
-         [{"uid": _uid(i), "samples": 10, "correct": 5 if i < 20 else 3 if i >= 40 else 0}
+  synthetic.write(tmp_path / "large_eval.jsonl",
+         [{"uid": synthetic.uid(i), "samples": 10, "correct": 5 if i < 20 else 3 if i >= 40 else 0}
           for i in range(NUM)])
   compute_optimal.compute_optimal(str(tmp_path), results_files={"search": "search_test.jsonl"},
                                   num_resamples=30, large_policy="large",
@@ -206,7 +192,7 @@ def test_report_of_a_whole_study(study, capsys):
   for kind in ("oracle", "predicted"):
     summary = allocation["pools"]["search"][kind]["summary"]
     assert got[f"F6 search/{kind}"].interval == pytest.approx(tuple(summary))
-    assert verdicts[f"F6 search/{kind}"] == report.verdict(summary[1], summary[2], 1.0)
+    assert verdicts[f"F6 search/{kind}"] == findings.verdict(summary[1], summary[2], 1.0)
     # F5 takes compute_optimal's paired interval of the difference.
     assert got[f"F5 search/{kind}"].interval == pytest.approx(
         tuple(allocation["pools"]["search"][kind]["difference"]))

@@ -225,34 +225,40 @@ def format_curves(name: str, c: Curves, baseline: str) -> str:
   return "\n".join(lines)
 
 
-def plot(all_curves: Mapping[str, Mapping[str, Curves]], baseline: str, path: str) -> None:
-  """A panel per pool: the baseline, majority and compute-optimal (each kind of bins)
-  accuracy vs budget with 95% bands."""
+def plot(allocation: dict, path: str) -> None:
+  """A panel per pool of an allocation file's contents: the baseline and majority once,
+  and per kind of bins compute-optimal (solid), global budget and on-line allocation
+  (dashed), accuracy vs budget with 95% bands, as a PNG."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(all_curves), figsize=(4 * len(all_curves), 3.6),
-                           squeeze=False, sharey=True)
-  for ax, (pool, by_kind) in zip(axes[0], all_curves.items()):
+  pools = allocation["pools"]
+  baseline = allocation["baseline"]
+  fig, axes = plt.subplots(1, len(pools), figsize=(4.4 * len(pools), 3.8), squeeze=False,
+                           sharey=True)
+  for ax, (pool, by_kind) in zip(axes[0], pools.items()):
     first = next(iter(by_kind.values()))
-    lines = [(baseline, first, baseline), (results.MAJORITY, first, results.MAJORITY)]
-    lines += [(f"compute-optimal ({kind} bins)", c, "compute_optimal")
-              for kind, c in by_kind.items()]
-    for label, c, key in lines:
-      mean = np.asarray(c.accuracy[key])
+    lines = [(baseline, first, baseline, "-"), (results.MAJORITY, first, results.MAJORITY, "-")]
+    for kind, c in by_kind.items():
+      lines += [(f"{curve} ({kind})", c, curve, "-" if curve == "compute_optimal" else "--")
+                for curve in c["accuracy"] if curve not in (baseline, results.MAJORITY)]
+    for label, c, key, style in lines:
+      mean = np.asarray(c["accuracy"][key], np.float64)
       if np.all(np.isnan(mean)):
         continue
-      ax.plot(c.budgets, mean, marker="o", markersize=3, label=label)
-      ax.fill_between(c.budgets, c.low[key], c.high[key], alpha=0.15)
+      line, = ax.plot(c["budgets"], mean, marker="o", markersize=3, linestyle=style,
+                      label=label)
+      ax.fill_between(c["budgets"], np.asarray(c["low"][key], np.float64),
+                      np.asarray(c["high"][key], np.float64), alpha=0.12,
+                      color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_title(pool)
     ax.set_xlabel("generation budget")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   axes[0][0].set_ylabel("accuracy")
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-  fig.tight_layout(rect=(0, 0.1, 1, 1))
+  fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -330,14 +336,14 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                        "ratios": [dataclasses.asdict(r) for r in c.ratios],
                        "ratio_interval": {str(b): v for b, v in c.ratio_interval.items()}}
                 for kind, c in by_kind.items()} for pool, by_kind in all_curves.items()}
+  allocation = {"baseline": baseline, "num_bins": num_bins, "num_resamples": num_resamples,
+                "seed": seed, "difficulty_file": difficulty_file, "pools": out,
+                "flops_matched": large and {"large_policy": large_policy, "m": large["m"],
+                                            "large_eval": large_eval, "pools": matched}}
   path = os.path.join(workdir, f"{output_name}.json")
   with open(path + ".tmp", "w") as f:
-    json.dump({"baseline": baseline, "num_bins": num_bins, "num_resamples": num_resamples,
-               "seed": seed, "difficulty_file": difficulty_file, "pools": out,
-               "flops_matched": large and {"large_policy": large_policy, "m": large["m"],
-                                           "large_eval": large_eval, "pools": matched}},
-              f, indent=1)
+    json.dump(allocation, f, indent=1)
   os.replace(path + ".tmp", path)
-  plot(all_curves, baseline, os.path.join(workdir, f"{output_name}.png"))
+  plot(allocation, os.path.join(workdir, f"{output_name}.png"))
   print(f"compute_optimal: wrote {path} and {output_name}.png")
   return all_curves

@@ -16,15 +16,8 @@ which stage writes it, so a partial study still reports what it has.
 
 report.md holds, in order:
 
-  1. Findings: one line per finding of the paper (F1 ... F8, `Finding`), what this
-     run measured with a 95% interval, and whether it reproduced it: "yes" when the
-     interval lies wholly on the claim's side of its threshold (0 for a difference,
-     1x for an efficiency ratio), "no" when wholly on the other side, "inconclusive"
-     when it straddles it. Where the inputs are per problem the interval is a paired
-     percentile bootstrap over problems (`paired_difference`); where a file keeps only
-     each curve's own interval (allocation.json's accuracies, verifiers_test.json) a
-     difference's bounds combine the two curves' in quadrature, which is conservative
-     when the curves are positively correlated (same questions, same samples).
+  1. Findings: one line per finding of the paper (F1 ... F8, `ttc.allocation.findings`),
+     what this run measured with a 95% interval, and whether it reproduced it.
   2. Figures (PNGs beside report.md, `<stem>_*.png`): accuracy vs budget per method,
      per oracle difficulty bin, sequential vs parallel revisions and their
      sequential:parallel ratios, compute-optimal vs its baselines.
@@ -35,7 +28,6 @@ report.md holds, in order:
 """
 
 import collections
-import dataclasses
 import json
 import math
 import os
@@ -45,325 +37,10 @@ import gin
 import numpy as np
 
 from ttc import resumable, stats, workdir as workdir_lib
-from ttc.allocation import compute_optimal, difficulty, efficiency, flops
+from ttc.allocation import compute_optimal, difficulty, efficiency, findings as findings_lib, flops
 from ttc.errors import UserError
 from ttc.revision import report as revision_report, verifier as verifier_lib
-from ttc.search import methods as methods_lib, report as search_report, results
-
-YES, NO, INCONCLUSIVE = "yes", "no", "inconclusive"
-NOT_RUN, NOT_MEASURED = "not run", "n/a"
-PAPER_EFFICIENCY = 4.0  # the paper's headline: compute-optimal ~4x cheaper than best-of-N
-PAPER_N = 64  # F7's number of samples
-BASELINE = "best_of_n"
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-  """One line of the summary: a claim of the paper and what this run says about it.
-
-  key: "F1", "F1 hard bins", "F6 search/oracle", ...; claim: the paper's, in a few
-  words; measured: the number and its 95% interval (or why there is none) and what was
-  compared; verdict: YES / NO / INCONCLUSIVE, NOT_RUN (an input is missing),
-  NOT_MEASURED (the input lacks what the claim needs); source: the file read (and,
-  if missing, the stage that writes it); interval: (value, low, high) or None.
-  """
-  key: str
-  claim: str
-  verdict: str
-  measured: str
-  source: str
-  interval: Optional[tuple] = None
-
-
-def verdict(low: float, high: float, threshold: float = 0.0, above: bool = True) -> str:
-  """YES when [low, high] lies wholly on the claim's side of `threshold` (above it, or
-  below it with above=False), NO when wholly on the other side, INCONCLUSIVE when it
-  straddles or touches it; NOT_MEASURED for a NaN bound."""
-  if not (math.isfinite(low) and math.isfinite(high)):
-    return NOT_MEASURED
-  if low > threshold:
-    return YES if above else NO
-  if high < threshold:
-    return NO if above else YES
-  return INCONCLUSIVE
-
-
-def _diff(interval) -> str:
-  return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*interval)
-
-
-def _finding(key, claim, interval, what, source, threshold=0.0, above=True) -> Finding:
-  """A difference's finding; NOT_MEASURED when `interval` is None (no shared problems)."""
-  if interval is None:
-    return Finding(key, claim, NOT_MEASURED, f"no problem both ran {what}", source)
-  return Finding(key, claim, verdict(interval[1], interval[2], threshold, above),
-                 f"{_diff(interval)} {what}", source, tuple(interval))
-
-
-# ----------------------------------------------------------------------------- paired differences
-
-
-def paired_difference(records, method: str, baseline: str, budgets: Sequence[int],
-                      uids=None) -> tuple[Optional[tuple], int]:
-  """((mean, low, high), problems) of `method`'s accuracy minus `baseline`'s.
-
-  Per problem: the seed-averaged correctness difference at each of `budgets` (in
-  generations), averaged over them; then a 95% bootstrap over problems (paired: both
-  sides resample the same problems). Only problems both ran at every budget count
-  (and only `uids`, if given). (None, 0) when there is none.
-  """
-  cells, _ = results.per_problem(records)
-  shared = set.intersection(*(set(cells.get((m, b), {})) for m in (method, baseline)
-                              for b in budgets)) if budgets else set()
-  if uids is not None:
-    shared &= set(uids)
-  if not shared:
-    return None, 0
-  diffs = [np.mean([np.mean(cells[method, b][u]) - np.mean(cells[baseline, b][u])
-                    for b in budgets]) for u in sorted(shared)]
-  return stats.bootstrap_interval(diffs), len(shared)
-
-
-def _budgets(records, method: str) -> set:
-  return {r["budget"] for r in records if r["method"] == method}
-
-
-def step_method(names) -> Optional[str]:
-  """The step-level search F1 / F2 compare with best-of-N: beam_m4 (the paper's), else
-  the first other beam search by name, else the first other step-level method.
-  Chosen by name, never by accuracy, so the choice does not favour the claim."""
-  names = set(names)
-  if "beam_m4" in names:
-    return "beam_m4"
-  kinds = {}
-  for name in names:
-    try:
-      kinds[name] = methods_lib.parse(name)
-    except ValueError:  # a name of another writer (or a test); not a search method
-      continue
-  beams = sorted(n for n, (kind, _, _) in kinds.items() if kind in ("beam", "beam_sqrt"))
-  others = sorted(n for n, (kind, _, _) in kinds.items()
-                  if kind in ("dvts", "particles", "rebase"))
-  return (beams or others or [None])[0]
-
-
-# ----------------------------------------------------------------------------- the findings
-
-CLAIMS = {
-    "F1": "PRM beam search beats best-of-N weighted at the smallest budget",
-    "F1 hard bins": "... also on the two hardest difficulty bins",
-    "F2": "best-of-N catches up with beam search at the largest budget",
-    "F3": "lookahead search does worse than beam search at equal generation budget",
-    "F4": "sequential revisions beat parallel sampling at equal budget (the largest)",
-    "F5": "compute-optimal beats best-of-N at equal budget",
-    "F6": f"compute-optimal needs ~{PAPER_EFFICIENCY:.0f}x less compute than best-of-N",
-    "F7": f"PRM-weighted beats ORM-weighted best-of-N at N = {PAPER_N}",
-    "F8 easy": "FLOPs-matched: test-time compute beats a larger model on easy bins at small R",
-    "F8 hard": "FLOPs-matched: the larger model wins on the hardest bin at large R",
-}
-
-
-def _absent(key: str, source: str) -> Finding:
-  """The line of a finding whose input is missing; `source` says which stage writes it."""
-  return Finding(key, CLAIMS[key], NOT_RUN, "-", source)
-
-
-def beam_vs_best_of_n(records, source: str, bins: Optional[dict] = None) -> list[Finding]:
-  """F1 (overall, and on the two hardest of `bins` {uid: oracle bin} when given) and F2
-  from search results: the step-level method minus best-of-N at the smallest and the
-  largest budget both ran, paired per problem."""
-  method = step_method({r["method"] for r in records})
-  shared = sorted(_budgets(records, method) & _budgets(records, BASELINE)) if method else []
-  if not shared:
-    why = f"{source} has no best_of_n and beam (or other step-level) method at one budget"
-    return [Finding(k, CLAIMS[k], NOT_MEASURED, why, source) for k in ("F1", "F2")]
-  out = []
-  groups = [("F1", None, "")]
-  if bins:
-    hardest = max(bins.values())
-    hard = {u for u, b in bins.items() if b >= hardest - 1}
-    groups.append(("F1 hard bins", hard, f", bins {hardest - 1}-{hardest}"))
-  for key, uids, where in groups:
-    interval, n = paired_difference(records, method, BASELINE, shared[:1], uids)
-    out.append(_finding(key, CLAIMS[key], interval,
-                        f"({method} - best_of_n at N={shared[0]}, {n} problems{where})",
-                        source))
-  interval, n = paired_difference(records, BASELINE, method, shared[-1:])
-  out.append(_finding("F2", CLAIMS["F2"], interval,
-                      f"(best_of_n - {method} at N={shared[-1]}, {n} problems)", source))
-  return out
-
-
-def lookahead_vs_beam(records, source: str) -> list[Finding]:
-  """F3 per lookahead method: lookahead_k{k}[_m{M}] minus beam_m{M} (M = 4 by default),
-  per problem averaged over the budgets both ran (equal generations, rollouts counted)."""
-  out = []
-  names = sorted({r["method"] for r in records})
-  for name in names:
-    try:
-      kind, numbers, dedup = methods_lib.parse(name)
-    except ValueError:
-      continue
-    if kind != "lookahead":
-      continue
-    width = numbers[1] if len(numbers) > 1 else methods_lib.DEFAULT_LOOKAHEAD_WIDTH
-    beam = f"beam_m{width}" + ("_dedup" if dedup else "")
-    shared = sorted(_budgets(records, name) & _budgets(records, beam))
-    interval, n = paired_difference(records, name, beam, shared)
-    out.append(_finding(f"F3 {name}", CLAIMS["F3"], interval,
-                        f"({name} - {beam}, N in {shared}, {n} problems)", source,
-                        above=False))
-  return out or [Finding("F3", CLAIMS["F3"], NOT_MEASURED, f"{source} has no lookahead_k* "
-                         "method", source)]
-
-
-def sequential_vs_parallel(records, source: str) -> Finding:
-  """F4: sequential (C = 1, L = N) minus parallel (C = N, L = 1) revisions at the largest
-  budget N > 1 that has both, with the hierarchical rule when the sweep ran it."""
-  rules = revision_report.rules_of(records)
-  if not rules:
-    return Finding("F4", CLAIMS["F4"], NOT_MEASURED, f"{source} has no revise_* lines", source)
-  rule = "hier" if "hier" in rules else rules[0]
-  by_split = {(r["rows"], r["rounds"]): r["method"] for r in records if r["rule"] == rule}
-  budgets = [n for n in sorted({r["budget"] for r in records})
-             if n > 1 and (1, n) in by_split and (n, 1) in by_split]
-  if not budgets:
-    return Finding("F4", CLAIMS["F4"], NOT_MEASURED, "no budget N > 1 with both C=1 and "
-                   "L=1", source)
-  n = budgets[-1]
-  sequential, parallel = by_split[1, n], by_split[n, 1]
-  interval, problems = paired_difference(records, sequential, parallel, [n])
-  return _finding("F4", CLAIMS["F4"], interval,
-                  f"({sequential} - {parallel}, {revision_report.RULE_NAMES[rule]} "
-                  f"selection, {problems} problems)", source)
-
-
-def _pool_kinds(allocation: dict):
-  for pool, by_kind in allocation["pools"].items():
-    for kind, curves in by_kind.items():
-      yield pool, kind, curves
-
-
-def unpaired_difference(a, a_low, a_high, b, b_low, b_high) -> tuple[float, float, float]:
-  """(a - b, low, high) from two estimates' own 95% bounds, combined in quadrature: exact
-  for independent estimates, wider than needed for positively correlated ones."""
-  return (a - b, a - b - math.hypot(a - a_low, b_high - b),
-          a - b + math.hypot(a_high - a, b - b_low))
-
-
-def compute_optimal_vs_best_of_n(allocation: dict, source: str) -> list[Finding]:
-  """F5 per pool and kind of bins: compute-optimal minus the baseline's accuracy,
-  averaged over the budgets where both have a value, with the paired interval
-  `compute_optimal` stores ("difference"). Files written before it was stored get
-  `unpaired_difference` per budget, the average's bounds the average of the bounds
-  (as if the budgets moved together: conservative)."""
-  baseline = allocation.get("baseline", BASELINE)
-  out = []
-  for pool, kind, c in _pool_kinds(allocation):
-    if c.get("difference") and math.isfinite(c["difference"][0]):
-      budgets = [b for b, v, w in zip(c["budgets"], c["accuracy"]["compute_optimal"],
-                                      c["accuracy"][baseline])
-                 if math.isfinite(v) and math.isfinite(w)]
-      out.append(_finding(f"F5 {pool}/{kind}", CLAIMS["F5"], tuple(c["difference"]),
-                          f"(compute-optimal - {baseline}, mean over N in {budgets}, "
-                          f"{c['questions']} questions, paired)", source))
-      continue
-    keep = [i for i, v in enumerate(c["accuracy"]["compute_optimal"])
-            if math.isfinite(v) and math.isfinite(c["accuracy"][baseline][i])]
-    if not keep:
-      out.append(Finding(f"F5 {pool}/{kind}", CLAIMS["F5"], NOT_MEASURED,
-                         "no budget with both curves", source))
-      continue
-    per_budget = np.array([unpaired_difference(
-        *(c[k]["compute_optimal"][i] for k in ("accuracy", "low", "high")),
-        *(c[k][baseline][i] for k in ("accuracy", "low", "high"))) for i in keep])
-    budgets = [c["budgets"][i] for i in keep]
-    out.append(_finding(f"F5 {pool}/{kind}", CLAIMS["F5"], tuple(per_budget.mean(axis=0)),
-                        f"(compute-optimal - {baseline}, mean over N in {budgets}, "
-                        f"{c['questions']} questions, unpaired bounds)", source))
-  return out
-
-
-def efficiency_ratio(allocation: dict, source: str) -> list[Finding]:
-  """F6 per pool and kind of bins: the geometric mean efficiency ratio B / b* with its
-  bootstrap interval (selection redone per resample); reproduced when the interval
-  lies above 1x. The measured text says whether the paper's ~4x is inside it."""
-  out = []
-  for pool, kind, c in _pool_kinds(allocation):
-    g, low, high = c["summary"]
-    key = f"F6 {pool}/{kind}"
-    if not math.isfinite(g):
-      out.append(Finding(key, CLAIMS["F6"], NOT_MEASURED, "no ratio (no budget reached)",
-                         source))
-      continue
-    bounds = sum(r["kind"] != efficiency.EXACT for r in c["ratios"])
-    inside = "inside" if low <= PAPER_EFFICIENCY <= high else "outside"
-    out.append(Finding(key, CLAIMS["F6"], verdict(low, high, 1.0),
-                       f"{g:.2f}x [{low:.2f}, {high:.2f}] (geometric mean over "
-                       f"{len(c['ratios'])} budgets, {bounds} of them bounds; the paper's "
-                       f"{PAPER_EFFICIENCY:.0f}x is {inside})", source, (g, low, high)))
-  return out
-
-
-def prm_vs_orm(verifiers: dict, source: str, prm: str = "PRM-last weighted",
-               orm: str = "ORM weighted") -> Finding:
-  """F7: PRM-weighted minus ORM-weighted best-of-N accuracy at N = 64 (or the largest N
-  both have), bounds from each one's own interval (`unpaired_difference`: the file keeps
-  no per-question values)."""
-  table = verifiers.get("accuracy", {})
-  shared = sorted(set(table.get(prm, {})) & set(table.get(orm, {})), key=int)
-  if not shared:
-    return Finding("F7", CLAIMS["F7"], NOT_MEASURED, f"{source} lacks {prm!r} or {orm!r}",
-                   source)
-  n = str(PAPER_N) if str(PAPER_N) in shared else shared[-1]
-  interval = unpaired_difference(*table[prm][n], *table[orm][n])
-  return _finding("F7", CLAIMS["F7"], interval,
-                  f"({prm} - {orm} at N={n}, {verifiers.get('problems', '?')} problems, "
-                  "unpaired bounds)", source)
-
-
-def _point(key, claim, value, lower_bound, above, what, source) -> Finding:
-  """A finding with a point estimate only; `lower_bound`: the value is a lower bound on
-  the truth (the small model's curve ended below X), so only one sign is decisive."""
-  if not math.isfinite(value):
-    return Finding(key, claim, NOT_MEASURED, f"no value ({what})", source)
-  holds = value > 0 if above else value < 0
-  v = YES if holds else NO
-  if value == 0 or (lower_bound and value < 0):  # a tie, or the small model might still
-    v = INCONCLUSIVE                             # overtake past its largest budget
-  note = ", small model's value a lower bound" if lower_bound else ""
-  return Finding(key, claim, v, f"{value:+.3f} ({what}; point estimate, no interval"
-                 f"{note})", source, (value, math.nan, math.nan))
-
-
-def flops_matched(allocation: dict, source: str) -> list[Finding]:
-  """F8 per pool and kind: small-model test-time compute minus the larger model's
-  pass@1 at equal FLOPs, on the two easiest bins at the smallest R (mean over them)
-  and on the hardest bin at the largest R. allocation.json keeps no interval for
-  these, so the verdict reads the sign of the point estimate."""
-  matched = allocation.get("flops_matched")
-  if not matched:
-    return [Finding("F8", CLAIMS["F8 easy"], NOT_RUN, "-",
-                    f"{source} (compute_optimal.large_policy and large_eval unset)")]
-  bins = allocation["num_bins"]
-  out = []
-  for pool, by_kind in matched["pools"].items():
-    for kind, rows in by_kind.items():
-      low_r, high_r = min(r["R"] for r in rows), max(r["R"] for r in rows)
-      easy = [r for r in rows if r["R"] == low_r and r["bin"] <= min(2, bins)]
-      finite = [r for r in easy if math.isfinite(r["small_minus_large"])]
-      value = (float(np.mean([r["small_minus_large"] for r in finite]))
-               if len(finite) == len(easy) else math.nan)
-      out.append(_point(f"F8 easy {pool}/{kind}", CLAIMS["F8 easy"], value,
-                        any(r["small_kind"] == ">" for r in easy), True,
-                        f"bins 1-{min(2, bins)} at R={low_r}, X={easy[0]['X']:.1f}, "
-                        f"M={matched['m']:.1f}", source))
-      hard = next(r for r in rows if r["R"] == high_r and r["bin"] == bins)
-      out.append(_point(f"F8 hard {pool}/{kind}", CLAIMS["F8 hard"], hard["small_minus_large"],
-                        hard["small_kind"] == ">", False,
-                        f"bin {bins} at R={high_r}, X={hard['X']:.1f}", source))
-  return out
-
+from ttc.search import report as search_report, results
 
 # ----------------------------------------------------------------------------- costs
 
@@ -416,81 +93,6 @@ def cost_rows(records, policy_params: Optional[int], verifier_params: Optional[i
   return rows
 
 
-# ----------------------------------------------------------------------------- figures
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def plot_bins(records, bins: dict, path: str, title: str = "") -> None:
-  """Accuracy vs budget per method, one panel per oracle difficulty bin (1 = easiest),
-  95% bands, as a PNG. bins: {uid: bin}; problems without a bin are left out."""
-  plt = _plt()
-  # The results helpers group by a record's "level": give them the bin in its place.
-  binned = [{**r, "level": bins[r["uid"]]} for r in records if r["uid"] in bins]
-  panels = sorted({r["level"] for r in binned})
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), sharey=True,
-                           squeeze=False)
-  for ax, b in zip(axes[0], panels):
-    for method, row in results.accuracy_table(binned, b).items():
-      budgets = list(row)
-      mean, low, high = (np.array([row[n][i] for n in budgets]) for i in range(3))
-      line, = ax.plot(budgets, mean, marker="o", markersize=3, label=method)
-      ax.fill_between(budgets, low, high, alpha=0.15, color=line.get_color())
-    ax.set_xscale("log", base=2)
-    ax.set_title(f"bin {b}" + (" (easiest)" if b == 1 else " (hardest)" if b == panels[-1]
-                               else ""))
-    ax.set_xlabel("generation budget")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("accuracy")
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_allocation(allocation: dict, path: str) -> None:
-  """A panel per pool: the baseline and majority once, and per kind of bins
-  compute-optimal (solid), global budget and on-line allocation (dashed), accuracy vs
-  budget with 95% bands, as a PNG."""
-  plt = _plt()
-  pools = allocation["pools"]
-  baseline = allocation.get("baseline", BASELINE)
-  fig, axes = plt.subplots(1, len(pools), figsize=(4.4 * len(pools), 3.8), squeeze=False,
-                           sharey=True)
-  for ax, (pool, by_kind) in zip(axes[0], pools.items()):
-    first = next(iter(by_kind.values()))
-    lines = [(baseline, first, baseline, "-"), (results.MAJORITY, first, results.MAJORITY, "-")]
-    for kind, c in by_kind.items():
-      lines += [(f"{curve} ({kind})", c, curve, "-" if curve == "compute_optimal" else "--")
-                for curve in c["accuracy"] if curve not in (baseline, results.MAJORITY)]
-    for label, c, key, style in lines:
-      mean = np.asarray(c["accuracy"][key], np.float64)
-      if np.all(np.isnan(mean)):
-        continue
-      line, = ax.plot(c["budgets"], mean, marker="o", markersize=3, linestyle=style,
-                      label=label)
-      ax.fill_between(c["budgets"], np.asarray(c["low"][key], np.float64),
-                      np.asarray(c["high"][key], np.float64), alpha=0.12,
-                      color=line.get_color())
-    ax.set_xscale("log", base=2)
-    ax.set_title(pool)
-    ax.set_xlabel("generation budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  axes[0][0].set_ylabel("accuracy")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -502,7 +104,7 @@ def _md_table(header: Sequence[str], rows) -> str:
                    + ["| " + " | ".join(map(clean, row)) + " |" for row in rows])
 
 
-def format_findings(findings: Sequence[Finding]) -> str:
+def format_findings(findings: Sequence[findings_lib.Finding]) -> str:
   """The summary table, markdown."""
   return _md_table(("#", "finding (paper)", "measured here (95% interval)", "reproduced?",
                     "source"),
@@ -514,10 +116,10 @@ def _code(text: str) -> str:
 
 
 def _allocation_tables(allocation: dict) -> list[str]:
-  baseline = allocation.get("baseline", BASELINE)
+  baseline = allocation.get("baseline", findings_lib.BASELINE)
   out = ["### Compute-optimal vs baselines (accuracy, 95% bootstrap over questions, "
          "selection redone)", ""]
-  for pool, kind, c in _pool_kinds(allocation):
+  for pool, kind, c in findings_lib.pool_kinds(allocation):
     rows = [(curve, *(stats.format_interval(m, lo, hi) if math.isfinite(m) else "-"
                       for m, lo, hi in zip(mean, c["low"][curve], c["high"][curve])))
             for curve, mean in c["accuracy"].items()]
@@ -525,7 +127,7 @@ def _allocation_tables(allocation: dict) -> list[str]:
             _md_table(("curve", *(f"N={b}" for b in c["budgets"])), rows), ""]
   out += [f"### Efficiency ratios B / b* against {baseline} (95% bootstrap)", ""]
   rows = []
-  for pool, kind, c in _pool_kinds(allocation):
+  for pool, kind, c in findings_lib.pool_kinds(allocation):
     cells = {r["budget"]: f"{efficiency.format_ratio(efficiency.Ratio(**r))} "
              "[{:.2f}, {:.2f}]".format(*c["ratio_interval"][str(r["budget"])])
              if str(r["budget"]) in c["ratio_interval"] else
@@ -535,7 +137,7 @@ def _allocation_tables(allocation: dict) -> list[str]:
                  f"{g:.2f}x [{lo:.2f}, {hi:.2f}]"))
   out += [_md_table(("pool", "bins", "per budget (>= reached at the smallest budget, "
                      "<= never reached)", "geometric mean"), rows), ""]
-  matched = allocation.get("flops_matched")
+  matched = allocation.get("findings_lib.flops_matched")
   out += ["### FLOPs-matched (small model's compute-optimal vs a larger model's pass@1)", ""]
   if matched:
     out.append(_code("\n".join(compute_optimal.format_matched(f"{pool}, {kind} bins", rows,
@@ -546,7 +148,7 @@ def _allocation_tables(allocation: dict) -> list[str]:
     out.append("not run: set compute_optimal.large_policy and large_eval")
   out += ["", "### Compute-optimal choices (method@budget per bin; the two halves of the "
           "2-fold selection as 'half 0 / half 1' where they differ)", ""]
-  for pool, kind, c in _pool_kinds(allocation):
+  for pool, kind, c in findings_lib.pool_kinds(allocation):
     rows = []
     for b, halves in zip(c["budgets"], c["choices"]):
       rows.append((f"N={b}", *(a if a == h else f"{a} / {h}"
@@ -620,7 +222,7 @@ def _load(workdir: str, files: dict) -> tuple[dict, dict]:
 
 
 def findings_of(found: dict, files: dict, notes: dict, bins: Optional[dict] = None,
-                bins_note: str = "") -> list[Finding]:
+                bins_note: str = "") -> list[findings_lib.Finding]:
   """Every finding, in the summary's order, from what `_load` found.
 
   found: {input: content or None}; files: {input: file name}; notes: {input: why it is
@@ -628,25 +230,25 @@ def findings_of(found: dict, files: dict, notes: dict, bins: Optional[dict] = No
   """
   source = lambda name: files[name] if found[name] is not None else notes[name]
   search, allocation = found["search"], found["allocation"]
-  findings: list[Finding] = []
+  findings: list[findings_lib.Finding] = []
   if search:
-    findings += beam_vs_best_of_n(search, files["search"], bins)
+    findings += findings_lib.beam_vs_best_of_n(search, files["search"], bins)
     if bins is None:
-      findings.insert(1, _absent("F1 hard bins", bins_note or notes["difficulty"]))
-    findings += lookahead_vs_beam(search, files["search"])
+      findings.insert(1, findings_lib.absent("F1 hard bins", bins_note or notes["difficulty"]))
+    findings += findings_lib.lookahead_vs_beam(search, files["search"])
   else:
-    findings += [_absent(k, source("search")) for k in ("F1", "F2", "F3")]
-  findings.append(sequential_vs_parallel(found["revisions"], files["revisions"])
-                  if found["revisions"] else _absent("F4", source("revisions")))
+    findings += [findings_lib.absent(k, source("search")) for k in ("F1", "F2", "F3")]
+  findings.append(findings_lib.sequential_vs_parallel(found["revisions"], files["revisions"])
+                  if found["revisions"] else findings_lib.absent("F4", source("revisions")))
   if allocation:
-    findings += compute_optimal_vs_best_of_n(allocation, files["allocation"])
-    findings += efficiency_ratio(allocation, files["allocation"])
+    findings += findings_lib.compute_optimal_vs_best_of_n(allocation, files["allocation"])
+    findings += findings_lib.efficiency_ratio(allocation, files["allocation"])
   else:
-    findings += [_absent(k, source("allocation")) for k in ("F5", "F6")]
-  findings.append(prm_vs_orm(found["verifiers"], files["verifiers"]) if found["verifiers"]
-                  else _absent("F7", source("verifiers")))
-  findings += (flops_matched(allocation, files["allocation"]) if allocation
-               else [Finding("F8", CLAIMS["F8 easy"], NOT_RUN, "-", source("allocation"))])
+    findings += [findings_lib.absent(k, source("allocation")) for k in ("F5", "F6")]
+  findings.append(findings_lib.prm_vs_orm(found["verifiers"], files["verifiers"]) if found["verifiers"]
+                  else findings_lib.absent("F7", source("verifiers")))
+  findings += (findings_lib.flops_matched(allocation, files["allocation"]) if allocation
+               else [findings_lib.Finding("F8", findings_lib.CLAIMS["F8 easy"], findings_lib.NOT_RUN, "-", source("allocation"))])
   return findings
 
 
@@ -671,7 +273,10 @@ def _figures_and_tables(workdir: str, stem: str, found: dict, files: dict,
                _code(results.format_table(results.difference_table(search)))]
     if bins:
       name, path = png("bins")
-      plot_bins(search, bins, path, title=f"{search_file} by oracle difficulty bin")
+      # The plot groups by a record's "level": give it the bin (1 = easiest) in its place.
+      binned = [{**r, "level": bins[r["uid"]]} for r in search if r["uid"] in bins]
+      search_report.plot(binned, path, title=f"{search_file} by oracle difficulty bin "
+                         "(1 = easiest)", group="bin", overall=False)
       figures.append(("accuracy vs budget per oracle difficulty bin (from "
                       f"{difficulty_file})", name))
   if revisions:
@@ -697,7 +302,7 @@ def _figures_and_tables(workdir: str, stem: str, found: dict, files: dict,
                  _code(results.format_table(tables_r["budget"]))]
   if allocation and allocation.get("pools"):
     name, path = png("allocation")
-    plot_allocation(allocation, path)
+    compute_optimal.plot(allocation, path)
     figures.append(("compute-optimal vs best-of-N, majority, global-budget and on-line "
                     "allocation, per pool", name))
     tables += _allocation_tables(allocation)
@@ -725,7 +330,7 @@ def report(workdir: str, search_file: str = "search_test.jsonl",
 
   num_bins: oracle difficulty bins for the per-bin views when there is no allocation
     file (with one, its num_bins, so the bins agree with compute-optimal's).
-  Returns {key: Finding} in the table's order.
+  Returns {key: findings_lib.Finding} in the table's order.
   """
   files = {"search": search_file, "revisions": revisions_file, "chains": revision_chains_file,
            "allocation": allocation_file, "difficulty": difficulty_file,

@@ -13,14 +13,20 @@ import numpy as np
 from ttc.search import results
 
 
-def plot(records, path: str, title: str = "") -> None:
-  """Accuracy vs budget per method, overall and per level, with 95% bands, as a PNG."""
+def plot(records, path: str, title: str = "", group: str = "level",
+         overall: bool = True) -> None:
+  """Accuracy vs budget per method, overall and per level, with 95% bands, as a PNG.
+
+  group: what the records' "level" field holds, in the panel titles (the report passes
+  difficulty bins in its place: "bin"); overall: a first panel over all records.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   levels = sorted({r["level"] for r in records})
-  panels = [("all levels", None)] + [(f"level {lv}", lv) for lv in levels]
+  panels = ([(f"all {group}s", None)] if overall else []) + [
+      (f"{group} {lv}", lv) for lv in levels]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), sharey=True,
                            squeeze=False)
   for ax, (name, level) in zip(axes[0], panels):
