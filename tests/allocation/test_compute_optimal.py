@@ -5,7 +5,7 @@ import pytest
 
 from ttc.allocation import compute_optimal
 from ttc.errors import UserError
-from tests.allocation import synthetic
+from tests.allocation.synthetic import line as _line, uid as _uid, write as _write
 
 NUM = 50  # questions; bin k (1 = easiest) holds questions 10 (k-1) ... 10 k - 1
 
@@ -18,16 +18,16 @@ def workdir(tmp_path):
   for i in range(NUM):
     b = i // 10 + 1
     for budget, solved in ((4, 2), (16, 3), (64, 4)):
-      search.append(synthetic.line(i, "best_of_n", budget, b <= solved, majority_correct=b <= solved - 1))
-    search.append(synthetic.line(i, "strong", 4, b <= 3))
-    search.append(synthetic.line(i, "strong", 16, b <= 4))
-  synthetic.write(tmp_path / "search.jsonl", search)
+      search.append(_line(i, "best_of_n", budget, b <= solved, majority_correct=b <= solved - 1))
+    search.append(_line(i, "strong", 4, b <= 3))
+    search.append(_line(i, "strong", 16, b <= 4))
+  _write(tmp_path / "search.jsonl", search)
   # Revisions ran on the first 30 questions only; a cell at 8 solves bins 1..3.
-  synthetic.write(tmp_path / "revisions.jsonl",
-         [synthetic.line(i, "revise_c1_l8_maj", 8, i // 10 + 1 <= 3) for i in range(30)])
+  _write(tmp_path / "revisions.jsonl",
+         [_line(i, "revise_c1_l8_maj", 8, i // 10 + 1 <= 3) for i in range(30)])
   # Difficulty: pass@1 falls with i; the verifier's mean score ranks them the same way.
-  synthetic.write(tmp_path / "difficulty_test.jsonl",
-         [{"uid": synthetic.uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
+  _write(tmp_path / "difficulty_test.jsonl",
+         [{"uid": _uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
            "pass_at_1": (100 - 2 * i) / 100, "finished": 100, "mean_final_score": 1 - i / NUM,
            "final_scores": [1 - (i // 10) / 5] * 4 + [0.5] * 96,  # a probe finds the bin
            "tokens_generated": 1000} for i in range(NUM)])
@@ -74,7 +74,7 @@ def test_compute_optimal_finds_the_planted_4x_and_writes_its_files(workdir, caps
 
 
 def test_a_pool_without_shared_questions_or_a_baseline_is_one_error(workdir):
-  synthetic.write(workdir / "other.jsonl", [synthetic.line(99, "best_of_n", 4, True)])
+  _write(workdir / "other.jsonl", [_line(99, "best_of_n", 4, True)])
   with pytest.raises(UserError, match="shares no question"):
     compute_optimal.compute_optimal(str(workdir), results_files={"x": "other.jsonl"},
                                     num_resamples=5)

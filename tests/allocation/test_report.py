@@ -8,7 +8,7 @@ import pytest
 from ttc import workdir as workdir_lib
 from ttc.allocation import compute_optimal, findings, report
 from ttc.models.config import ModelConfig
-from tests.allocation import synthetic
+from tests.allocation.synthetic import line as _line, uid as _uid, write as _write
 
 NUM = 50  # questions; oracle bin k (1 = easiest) holds questions 10 (k-1) ... 10 k - 1
 
@@ -34,9 +34,9 @@ def test_beam_clearly_ahead_at_the_small_budget_reproduces_f1():
   # beam_m4 right on every problem at N=4, best_of_n on 10 of 40; both right on all at 16.
   records = []
   for i in range(40):
-    records += [synthetic.line(i, "beam_m4", 4, True), synthetic.line(i, "best_of_n", 4, i < 10),
-                synthetic.line(i, "beam_m4", 16, True), synthetic.line(i, "best_of_n", 16, True)]
-  bins = {synthetic.uid(i): 1 + i // 8 for i in range(40)}  # problems 24..39 in the hardest two
+    records += [_line(i, "beam_m4", 4, True), _line(i, "best_of_n", 4, i < 10),
+                _line(i, "beam_m4", 16, True), _line(i, "best_of_n", 16, True)]
+  bins = {_uid(i): 1 + i // 8 for i in range(40)}  # problems 24..39 in the hardest two
   got = {f.key: f for f in findings.beam_vs_best_of_n(records, "s.jsonl", bins)}
   f1 = got["F1"]
   assert f1.verdict == "yes"
@@ -53,7 +53,7 @@ def test_equal_accuracy_with_different_problems_is_inconclusive():
   # Each method solves the half the other misses: same accuracy, interval around 0.
   records = []
   for i in range(40):
-    records += [synthetic.line(i, "beam_m4", 4, i % 2 == 0), synthetic.line(i, "best_of_n", 4, i % 2 == 1)]
+    records += [_line(i, "beam_m4", 4, i % 2 == 0), _line(i, "best_of_n", 4, i % 2 == 1)]
   f1 = findings.beam_vs_best_of_n(records, "s.jsonl")[0]
   assert f1.verdict == "inconclusive"
   mean, low, high = f1.interval
@@ -68,9 +68,9 @@ def test_step_method_prefers_beam_m4_then_other_beams_by_name():
 
 
 def test_paired_difference_averages_budgets_per_problem_and_keeps_shared_problems():
-  records = [synthetic.line(0, "a", 4, True), synthetic.line(0, "b", 4, False), synthetic.line(0, "a", 16, False),
-             synthetic.line(0, "b", 16, False), synthetic.line(1, "a", 4, True), synthetic.line(1, "b", 4, True),
-             synthetic.line(2, "a", 4, True)]  # problem 2: b never ran it, so it is left out
+  records = [_line(0, "a", 4, True), _line(0, "b", 4, False), _line(0, "a", 16, False),
+             _line(0, "b", 16, False), _line(1, "a", 4, True), _line(1, "b", 4, True),
+             _line(2, "a", 4, True)]  # problem 2: b never ran it, so it is left out
   interval, n = findings.paired_difference(records, "a", "b", [4])
   assert n == 2 and interval[0] == pytest.approx(0.5)
   interval, n = findings.paired_difference(records, "a", "b", [4, 16])
@@ -108,7 +108,7 @@ def test_flops_matched_reads_bounds_and_missing_values():
 
 
 def test_cost_rows_count_policy_and_verifier_flops():
-  records = [synthetic.line(0, "beam_m4", 4, True), synthetic.line(1, "beam_m4", 4, False)]
+  records = [_line(0, "beam_m4", 4, True), _line(1, "beam_m4", 4, False)]
   records[1]["tokens_generated"] = 60  # mean 50 tokens, 44 PRM tokens per problem
   row, = report.cost_rows(records, policy_params=1000, verifier_params=100)
   assert (row["generations"], row["tokens"], row["verifier_tokens"]) == (4, 50, 44)
@@ -143,12 +143,12 @@ def study(tmp_path_factory):
     # best_of_n solves bins 1..2 / 1..3 / 1..4 at N = 4 / 16 / 64; beam_m4 does at 4 and
     # 16 what best_of_n needs 16 and 64 for; lookahead_k1 trails beam_m4.
     for budget, bon, beam, look in ((4, 2, 3, 1), (16, 3, 4, 3), (64, 4, 4, 4)):
-      search += [synthetic.line(i, "best_of_n", budget, b <= bon, majority_correct=b <= bon - 1),
-                 synthetic.line(i, "beam_m4", budget, b <= beam), synthetic.line(i, "lookahead_k1", budget,
+      search += [_line(i, "best_of_n", budget, b <= bon, majority_correct=b <= bon - 1),
+                 _line(i, "beam_m4", budget, b <= beam), _line(i, "lookahead_k1", budget,
                                                                b <= look)]
-  synthetic.write(tmp_path / "search_test.jsonl", search)
-  synthetic.write(tmp_path / "difficulty_test.jsonl",
-         [{"uid": synthetic.uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
+  _write(tmp_path / "search_test.jsonl", search)
+  _write(tmp_path / "difficulty_test.jsonl",
+         [{"uid": _uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
            "pass_at_1": (100 - 2 * i) / 100, "finished": 100, "mean_final_score": 1 - i / NUM,
            "final_scores": [1 - (i // 10) / 5] * 4 + [0.5] * 96,
            "tokens_generated": 1000} for i in range(NUM)])
@@ -156,9 +156,9 @@ def study(tmp_path_factory):
   revisions = []
   for i in range(NUM):
     for c, l, solved in ((1, 4, 4), (2, 2, 3), (4, 1, 2), (1, 2, 2), (2, 1, 1)):
-      revisions.append({**synthetic.line(i, f"revise_c{c}_l{l}_hier", c * l, i // 10 + 1 <= solved),
+      revisions.append({**_line(i, f"revise_c{c}_l{l}_hier", c * l, i // 10 + 1 <= solved),
                         "rows": c, "rounds": l, "rule": "hier", "chosen": [0, 0]})
-  synthetic.write(tmp_path / "revisions_test.jsonl", revisions)
+  _write(tmp_path / "revisions_test.jsonl", revisions)
   # Verifiers: the PRM clearly ahead of the ORM at N = 64.
   (tmp_path / "verifiers_test.json").write_text(json.dumps({"problems": NUM, "accuracy": {
       "majority": {"64": [0.5, 0.4, 0.6]}, "ORM weighted": {"64": [0.5, 0.4, 0.6]},
@@ -168,8 +168,8 @@ def study(tmp_path_factory):
   workdir_lib.save_model_config(str(tmp_path), ModelConfig())
   workdir_lib.save_model_config(str(tmp_path / "prm"), ModelConfig())
   workdir_lib.save_model_config(str(tmp_path / "large"), ModelConfig(num_layers=16))
-  synthetic.write(tmp_path / "large_eval.jsonl",
-         [{"uid": synthetic.uid(i), "samples": 10, "correct": 5 if i < 20 else 3 if i >= 40 else 0}
+  _write(tmp_path / "large_eval.jsonl",
+         [{"uid": _uid(i), "samples": 10, "correct": 5 if i < 20 else 3 if i >= 40 else 0}
           for i in range(NUM)])
   compute_optimal.compute_optimal(str(tmp_path), results_files={"search": "search_test.jsonl"},
                                   num_resamples=30, large_policy="large",

@@ -245,10 +245,11 @@ def findings_of(found: dict, files: dict, notes: dict, bins: Optional[dict] = No
     findings += findings_lib.efficiency_ratio(allocation, files["allocation"])
   else:
     findings += [findings_lib.absent(k, source("allocation")) for k in ("F5", "F6")]
-  findings.append(findings_lib.prm_vs_orm(found["verifiers"], files["verifiers"]) if found["verifiers"]
-                  else findings_lib.absent("F7", source("verifiers")))
+  findings.append(findings_lib.prm_vs_orm(found["verifiers"], files["verifiers"])
+                  if found["verifiers"] else findings_lib.absent("F7", source("verifiers")))
   findings += (findings_lib.flops_matched(allocation, files["allocation"]) if allocation
-               else [findings_lib.Finding("F8", findings_lib.CLAIMS["F8 easy"], findings_lib.NOT_RUN, "-", source("allocation"))])
+               else [findings_lib.Finding("F8", findings_lib.CLAIMS["F8 easy"],
+                                          findings_lib.NOT_RUN, "-", source("allocation"))])
   return findings
 
 
@@ -259,7 +260,6 @@ def _figures_and_tables(workdir: str, stem: str, found: dict, files: dict,
   search, revisions, allocation = found["search"], found["revisions"], found["allocation"]
   search_file, revisions_file, chains_file, difficulty_file, verifiers_file = (
       files[k] for k in ("search", "revisions", "chains", "difficulty", "verifiers"))
-  figures, tables = [], []
   figures, tables = [], []
   png = lambda name: (f"{os.path.basename(stem)}_{name}.png",
                       os.path.join(workdir, f"{stem}_{name}.png"))
