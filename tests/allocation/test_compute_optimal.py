@@ -22,9 +22,9 @@ def workdir(tmp_path):
     search.append(_line(i, "strong", 4, b <= 3))
     search.append(_line(i, "strong", 16, b <= 4))
   _write(tmp_path / "search.jsonl", search)
-  # Revisions ran on the first 30 questions only; a cell at 8 solves bins 1..3.
+  # Revisions ran on the first 30 questions only; a cell at 16 solves bins 1..3.
   _write(tmp_path / "revisions.jsonl",
-         [_line(i, "revise_c1_l8_maj", 8, i // 10 + 1 <= 3) for i in range(30)])
+         [_line(i, "revise_c1_l16_maj", 16, i // 10 + 1 <= 3) for i in range(30)])
   # Difficulty: pass@1 falls with i; the verifier's mean score ranks them the same way.
   _write(tmp_path / "difficulty_test.jsonl",
          [{"uid": _uid(i), "level": 1 + i % 5, "samples": 100, "correct": 100 - 2 * i,
@@ -62,9 +62,9 @@ def test_compute_optimal_finds_the_planted_4x_and_writes_its_files(workdir, caps
   revisions = got["revisions"]["oracle"]
   assert revisions.questions == 30 == got["pooled"]["oracle"].questions
   chosen = {name for at in revisions.choices for half in at for name in half}
-  assert chosen == {None, "revise_c1_l8_maj@8"}  # None: nothing fits N = 4, no bins 4 and 5
-  # Nothing of the revisions pool fits a budget of 4.
-  assert revisions.accuracy["compute_optimal"] == pytest.approx([np.nan, 1.0, 1.0], nan_ok=True)
+  assert chosen == {None, "revise_c1_l16_maj@16"}  # None: no revision at N = 4 or 64
+  assert revisions.accuracy["compute_optimal"] == pytest.approx([np.nan, 1.0, np.nan],
+                                                                nan_ok=True)
   written = json.loads((workdir / "allocation.json").read_text())
   assert written["pools"]["search"]["oracle"]["accuracy"]["compute_optimal"] == pytest.approx(
       [0.6, 0.8, 0.8])

@@ -45,13 +45,17 @@ def test_budget_caps_the_candidates_and_ties_go_to_the_cheaper(questions):
              + _records("best", 64, {u: 1 for u in uids})
              + _records("worse", 4, {u: 0 for u in uids}))
   table, _ = selection.build_table(records, bins, halves)
-  chosen = selection.two_fold(table, [2, 4, 16, 64])
+  chosen = selection.two_fold(table, [2, 4, 16, 64], cheaper=True)
   configs = [[{table.configs[c] for c in half} for half in at] for at in chosen.choice_BxHxK]
   assert np.isnan(chosen.value_BxQ[0]).all() and (chosen.choice_BxHxK[0] == -1).all()
   for at_budget in configs[1:]:
     assert at_budget == [{("cheap", 4)}, {("cheap", 4)}]
+  # By default (the paper) a budget's candidates are the configurations of that cost.
+  exact = selection.two_fold(table, [4, 16, 64])
+  assert [{table.configs[c] for c in exact.choice_BxHxK[i].ravel()} for i in range(3)] == [
+      {("cheap", 4)}, {("dear", 16)}, {("best", 64)}]
   # A method outside the candidates is never chosen, even when it is the only one left.
-  only = selection.two_fold(table, [64], candidates={"worse", "best"})
+  only = selection.two_fold(table, [64], candidates={"worse", "best"}, cheaper=True)
   assert {table.configs[c] for c in only.choice_BxHxK.ravel()} == {("best", 64)}
 
 

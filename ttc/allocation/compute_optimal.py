@@ -69,10 +69,10 @@ class Curves:
   difference: tuple
 
 
-def _means(table, budgets, baseline, candidates, weights, num_bins, probes):
+def _means(table, budgets, baseline, candidates, weights, num_bins, probes, cheaper):
   """({curve: [budgets] mean}, {curve: [budgets, Q] values}, the Selection) on one
   resample. probes: {probe size: [Q] probe statistic} for on-line allocation."""
-  chosen = selection.two_fold(table, budgets, candidates, weights, num_bins)
+  chosen = selection.two_fold(table, budgets, candidates, weights, num_bins, cheaper)
   values = {"compute_optimal": chosen.value_BxQ,
             baseline: selection.fixed_curve(table, baseline, budgets),
             results.MAJORITY: selection.fixed_curve(table, results.MAJORITY, budgets),
@@ -85,9 +85,13 @@ def _means(table, budgets, baseline, candidates, weights, num_bins, probes):
 
 
 def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num_bins: int,
-           num_resamples: int, seed: int, dropped=(), probes: Optional[Mapping] = None
-           ) -> Curves:
+           num_resamples: int, seed: int, dropped=(), probes: Optional[Mapping] = None,
+           cheaper: bool = False) -> Curves:
   """Curves of one pool (module docstring); budgets = the baseline's in the table.
+
+  cheaper: compute-optimal may also choose configurations cheaper than the budget
+  (`selection.two_fold`); on-line allocation always may (budget - probe is rarely a
+  budget that was swept).
 
   probes: {probe size: [Q] mean final score of each question's first samples, in the
   table's question order} for on-line allocation curves (None = none).
@@ -97,7 +101,8 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
     raise UserError(f"compute_optimal: the baseline {baseline!r} has no results on these "
                     "questions; set compute_optimal.baseline or add its sweep")
   probes = probes or {}
-  means, values, chosen = _means(table, budgets, baseline, candidates, None, num_bins, probes)
+  means, values, chosen = _means(table, budgets, baseline, candidates, None, num_bins, probes,
+                                 cheaper)
   ratios = efficiency.ratios(budgets, means[baseline], means["compute_optimal"])
   rng = np.random.default_rng(seed)
   n = len(table.uids)
@@ -111,7 +116,8 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
 
   for _ in range(num_resamples):
     weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-    m, _, _ = _means(table, budgets, baseline, candidates, weights, num_bins, probes)
+    m, _, _ = _means(table, budgets, baseline, candidates, weights, num_bins, probes,
+                     cheaper)
     for k, v in m.items():
       samples[k].append(v)
     resampled = efficiency.ratios(budgets, m[baseline], m["compute_optimal"])
@@ -268,7 +274,8 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                     difficulty_file: str = "difficulty_test.jsonl",
                     baseline: str = "best_of_n", baseline_file: Optional[str] = None,
                     num_bins: int = 5, num_resamples: int = 1000, seed: int = 0,
-                    probes: Sequence[int] = (4,), large_policy: str = "",
+                    probes: Sequence[int] = (4,), cheaper: bool = False,
+                    large_policy: str = "",
                     large_eval: str = "", inference_ratios: Sequence[float] = flops.PAPER_RATIOS,
                     output_name: str = "allocation") -> dict:
   """Stage: compute-optimal curves, efficiency ratios and choices (module docstring).
@@ -277,6 +284,7 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
   baseline_file: where the baseline's lines are (None = the first pool's first file).
   probes: probe sizes of on-line allocation (needs per-sample scores in the difficulty
     file; () = none).
+  cheaper: at budget B also choose configurations that cost less (`selection`).
   large_policy / large_eval: the FLOPs-matched comparison (paper §7): a policy M times
     larger (its work dir, under this one: M = ratio of matmul parameters) and the
     per-problem file its `evaluate` wrote; "" = none.
@@ -325,7 +333,8 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                         f"{difficulty_file}; run its sweeps and estimate_difficulty on one split")
       probe_stats = _probe_statistics(table, records_by_uid, probes)
       c = all_curves.setdefault(pool, {})[kind] = curves(
-          table, baseline, candidates, num_bins, num_resamples, seed, dropped, probe_stats)
+          table, baseline, candidates, num_bins, num_resamples, seed, dropped, probe_stats,
+          cheaper)
       print(format_curves(f"{pool}, {kind} bins", c, baseline))
       if large is not None:
         matched.setdefault(pool, {})[kind] = _matched(table, c, large, num_bins,
@@ -337,6 +346,7 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                        "ratio_interval": {str(b): v for b, v in c.ratio_interval.items()}}
                 for kind, c in by_kind.items()} for pool, by_kind in all_curves.items()}
   allocation = {"baseline": baseline, "num_bins": num_bins, "num_resamples": num_resamples,
+                "cheaper": cheaper,
                 "seed": seed, "difficulty_file": difficulty_file, "pools": out,
                 "flops_matched": large and {"large_policy": large_policy, "m": large["m"],
                                             "large_eval": large_eval, "pools": matched}}

@@ -4,8 +4,10 @@ configuration, chosen on one half of the questions and measured on the other.
 A configuration is one row of a sweep's results (`ttc.search.results`): a method
 with its settings in its name (`beam_m4`, `lookahead_k1`, `revise_c4_l4_hier`, the
 `majority` pseudo-method) at the generation budget it used. At budget B the
-candidates are every configuration of cost <= B: spending less than B is allowed, so
-the compute-optimal curve cannot fall because a budget's own cells are noisy.
+candidates are the configurations of cost B, as in the paper; with `cheaper=True`
+every configuration of cost <= B. Spending less is legitimate, but with few questions
+per bin more candidates mean a luckier winner on the choosing half (on the study's
+100 questions it cost accuracy), so it is an option.
 
 2-fold: the questions split into two halves balanced within each bin
 (`bins.halves`). For evaluation half e, each bin's configuration is the one with the
@@ -85,10 +87,12 @@ class Selection:
 
 
 def two_fold(table: Table, budgets: Sequence[int], candidates: Optional[Collection[str]] = None,
-             weights_Q: Optional[np.ndarray] = None, num_bins: Optional[int] = None) -> Selection:
+             weights_Q: Optional[np.ndarray] = None, num_bins: Optional[int] = None,
+             cheaper: bool = False) -> Selection:
   """Compute-optimal selection at each budget (module docstring).
 
   candidates: the methods it may choose (None = every configuration of the table).
+  cheaper: also configurations that cost less than the budget.
   weights_Q: [Q] how often each question counts (bootstrap resample counts; None = 1).
     A bin whose choosing half has no weight falls back to that whole half.
   """
@@ -99,7 +103,8 @@ def two_fold(table: Table, budgets: Sequence[int], candidates: Optional[Collecti
   value = np.full((len(budgets), len(table.uids)), np.nan)
   choice = np.full((len(budgets), 2, num_bins), -1, np.int64)
   for i, budget in enumerate(budgets):
-    rows = np.flatnonzero(costs <= budget)  # in (budget, method) order: argmax prefers cheap
+    # In (budget, method) order, so argmax prefers the cheaper of equals.
+    rows = np.flatnonzero(costs <= budget if cheaper else costs == budget)
     if not rows.size:
       continue
     for half in (0, 1):
