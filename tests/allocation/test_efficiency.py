@@ -26,6 +26,9 @@ def test_ratios_and_their_geometric_mean():
   assert [efficiency.format_ratio(r) for r in got] == [">=1.00x", ">=4.00x", "2.00x"]
   # A baseline budget without a value (NaN) gives no ratio; none at all gives NaN.
   assert len(efficiency.ratios([4, 16], [float("nan"), 0.5], [0.5, 0.6])) == 1
+  # Past the other curve's last measured budget there is no ratio (not a "<= 4x").
+  got = efficiency.ratios([4, 16, 64], [0.5, 0.6, 0.9], [0.5, 0.7, float("nan")])
+  assert [r.budget for r in got] == [4, 16]
   assert math.isnan(efficiency.geometric_mean([]))
 
 

@@ -52,13 +52,15 @@ def matching_budget(budgets: Sequence[int], accuracy: Sequence[float],
 def ratios(budgets: Sequence[int], baseline: Sequence[float],
            other: Sequence[float]) -> list[Ratio]:
   """A Ratio per budget where the baseline has a value (not NaN); `other` is measured at
-  the same budgets (NaN budgets of `other` are skipped)."""
+  the same budgets (NaN budgets of `other` are skipped). A baseline budget past the
+  other curve's largest gets none: "never reached by B_max < B" would read as a saving
+  where the other curve simply was not run."""
   keep = [i for i, a in enumerate(other) if not math.isnan(a)]
   other_budgets = [budgets[i] for i in keep]
   other_acc = [other[i] for i in keep]
   out = []
   for budget, target in zip(budgets, baseline):
-    if math.isnan(target) or not other_budgets:
+    if math.isnan(target) or not other_budgets or budget > other_budgets[-1]:
       continue
     b_star, kind = matching_budget(other_budgets, other_acc, target)
     out.append(Ratio(budget, budget / b_star, kind))
