@@ -46,3 +46,11 @@ def test_append_in_chunks_computes_only_chunks_with_missing_problems(tmp_path):
   with open(path) as f:
     assert [json.loads(line) for line in f] == [
         {"uid": "p3", "chunk": 1}, {"uid": "p5", "chunk": 1}, {"uid": "p6", "chunk": 2}]
+
+
+def test_parse_record_names_the_file_line_and_missing_keys():
+  assert resumable.parse_record(b'{"a": 1, "b": 2}', "f.jsonl", 3, ("a", "b")) == {"a": 1, "b": 2}
+  with pytest.raises(UserError, match=r"f.jsonl line 3 lacks \['b'\]; only a cut last line"):
+    resumable.parse_record(b'{"a": 1}', "f.jsonl", 3, ("a", "b"))
+  with pytest.raises(UserError, match=r"f.jsonl line 4 lacks \['a'\]; fix it"):
+    resumable.parse_record(b'[1, 2]', "f.jsonl", 4, ("a",), "fix it")

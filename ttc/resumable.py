@@ -16,6 +16,9 @@ import tqdm
 from ttc.errors import UserError
 
 
+REPAIR_HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+
+
 def repair(path: str, parse: Callable[[bytes, int], dict], key: Callable[[dict], Hashable],
            hint: str) -> set:
   """Drops a last line cut by kill -9 (no newline, or not JSON); returns the keys present.
@@ -70,6 +73,17 @@ def parse_json_line(line: bytes, path: str, lineno: int, hint: str):
     return json.loads(line)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{path} line {lineno} is cut or not valid JSON ({e}); {hint}") from e
+
+
+def parse_record(line: bytes, path: str, lineno: int, fields: Sequence[str],
+                 hint: str = REPAIR_HINT) -> dict:
+  """One line of a results file: a JSON object with every key of `fields`; UserError
+  naming the file, the line and what it lacks otherwise."""
+  record = parse_json_line(line, path, lineno, hint)
+  missing = [k for k in fields if not isinstance(record, dict) or k not in record]
+  if missing:
+    raise UserError(f"{path} line {lineno} lacks {missing}; {hint}")
+  return record
 
 
 def append_lines(path: str, records: list[dict]) -> None:

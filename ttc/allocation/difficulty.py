@@ -60,7 +60,7 @@ from ttc.verifiers import aggregation, evaluation, scoring
 STAGE = "estimate_difficulty"
 FIELDS = ("uid", "level", "samples", "correct", "pass_at_1", "finished", "mean_final_score",
           "tokens_generated")
-HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+HINT = resumable.REPAIR_HINT
 KINDS = ("oracle", "predicted")
 
 
@@ -69,10 +69,7 @@ KINDS = ("oracle", "predicted")
 
 def parse_line(line: bytes, path: str, lineno: int) -> dict:
   """One question's line; UserError naming the file and line if it is not one."""
-  record = resumable.parse_json_line(line, path, lineno, HINT)
-  missing = [k for k in FIELDS if not isinstance(record, dict) or k not in record]
-  if missing:
-    raise UserError(f"{path} line {lineno} lacks {missing}; {HINT}")
+  record = resumable.parse_record(line, path, lineno, FIELDS, HINT)
   return record
 
 

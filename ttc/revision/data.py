@@ -48,7 +48,7 @@ EXAMPLE_KEYS = (("context", (list,)), ("target", (str,)), ("k", (int,)))
 _RERUN_HINT = ("rerun make_revision_data (it repairs a last line cut by kill -9) or delete "
                "the file")
 # make_revision_data itself only repairs the last line; damage elsewhere needs a person.
-_DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+_DAMAGED_HINT = resumable.REPAIR_HINT
 
 
 # ----------------------------------------------------------------------------- contexts

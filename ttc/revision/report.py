@@ -53,7 +53,7 @@ CHAIN_FIELDS = ("uid", "level", "seed", "chains", "length", "answers", "ids", "f
 # Per-attempt fields: [chains][length] lists; scores / orm_tokens are null without an ORM.
 ATTEMPT_FIELDS = ("answers", "ids", "finished", "correct", "tokens", "scores", "orm_tokens")
 RULE_NAMES = {"maj": "majority", "hier": "hierarchical", "flat": "flat weighted"}
-HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+HINT = resumable.REPAIR_HINT
 
 
 # ----------------------------------------------------------------------------- the chains file
@@ -66,10 +66,7 @@ def chain_key(line: dict) -> tuple:
 
 def parse_chain_line(line: bytes, path: str, lineno: int) -> dict:
   """One chains line; UserError naming the file and line if it is not one."""
-  record = resumable.parse_json_line(line, path, lineno, HINT)
-  missing = [k for k in CHAIN_FIELDS if not isinstance(record, dict) or k not in record]
-  if missing:
-    raise UserError(f"{path} line {lineno} lacks {missing}; {HINT}")
+  record = resumable.parse_record(line, path, lineno, CHAIN_FIELDS, HINT)
   shape = [record["chains"], record["length"]]
   for k in ATTEMPT_FIELDS:
     value = record[k]

@@ -31,12 +31,11 @@ import collections
 import numpy as np
 
 from ttc import resumable, stats
-from ttc.errors import UserError
 
 FIELDS = ("uid", "level", "method", "budget", "seed", "rows", "generations", "answer",
           "correct", "complete", "tokens_generated", "prm_tokens", "rounds", "wall_s",
           "prm_overflowed")
-HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+HINT = resumable.REPAIR_HINT
 
 
 def record_key(record: dict) -> tuple:
@@ -46,10 +45,7 @@ def record_key(record: dict) -> tuple:
 
 def parse_line(line: bytes, path: str, lineno: int) -> dict:
   """One result line; UserError naming the file and line if it is not one."""
-  record = resumable.parse_json_line(line, path, lineno, HINT)
-  missing = [k for k in FIELDS if not isinstance(record, dict) or k not in record]
-  if missing:
-    raise UserError(f"{path} line {lineno} lacks {missing}; {HINT}")
+  record = resumable.parse_record(line, path, lineno, FIELDS, HINT)
   return record
 
 

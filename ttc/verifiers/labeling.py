@@ -43,7 +43,7 @@ SAMPLE_KEYS = (("text", (str,)), ("correct", (bool,)), ("soft", (list,)), ("hard
                ("true", (list, type(None))), ("step_ends", (list,)))
 _RERUN_HINT = "rerun label_prm (it repairs a last line cut by kill -9) or delete the file"
 # label_prm itself only repairs the last line; damage elsewhere needs a person.
-DAMAGED_HINT = "only a cut last line is repaired: fix or delete that line, or the file"
+DAMAGED_HINT = resumable.REPAIR_HINT
 
 
 # ----------------------------------------------------------------------------- steps
