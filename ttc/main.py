@@ -53,6 +53,7 @@ def _import_configurables():
   import ttc.revision.data  # noqa: F401
   import ttc.revision.model  # noqa: F401
   import ttc.revision.report  # noqa: F401
+  import ttc.revision.search_revise  # noqa: F401
   import ttc.revision.sweep  # noqa: F401
   import ttc.revision.verifier  # noqa: F401
   import ttc.search.report  # noqa: F401

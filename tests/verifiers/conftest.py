@@ -1,7 +1,11 @@
 """A policy work dir (model_config.json + orbax checkpoint) with random weights, in seconds."""
 
+import atexit
 import dataclasses
 import json
+import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -15,8 +19,29 @@ POLICY_CONFIG = ModelConfig(vocab_size=32, embed_dim=32, num_layers=2, num_heads
                             num_kv_heads=2, head_dim=8, mlp_dim=64)
 
 
+_WRITTEN = {}  # (writer, config, seed): a directory written once in this test session
+
+
+def _written_once(writer, path, config, seed):
+  """Copies into `path` what `writer(directory, config, seed)` writes, writing it only the
+  first time in the session: initialising and saving with orbax takes seconds, a copy
+  milliseconds, and many modules want the same random tiny models."""
+  key = (writer.__name__, config, seed)
+  if key not in _WRITTEN:
+    cache = pathlib.Path(tempfile.mkdtemp(prefix="ttc_tiny_"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    writer(cache / "d", config, seed)
+    _WRITTEN[key] = cache / "d"
+  shutil.copytree(_WRITTEN[key], path, dirs_exist_ok=True)
+  return path
+
+
 def write_policy_workdir(path, config: ModelConfig = POLICY_CONFIG, seed: int = 0):
   """What `train` leaves behind, minus the training: config and one checkpoint."""
+  return _written_once(_write_policy_workdir, path, config, seed)
+
+
+def _write_policy_workdir(path, config: ModelConfig, seed: int):
   path.mkdir(parents=True, exist_ok=True)
   (path / "model_config.json").write_text(json.dumps(dataclasses.asdict(config)))
   model = Transformer(config)
@@ -66,6 +91,10 @@ def write_tiny_hf_policy(directory, alphabet: str, seed: int = 0) -> str:
 def write_reward_model(directory, seed: int, config: ModelConfig = POLICY_CONFIG):
   """What train_prm / train_orm leave behind (model_config.json, best/), with random
   weights whose value head is scaled so the scores spread over (0, 1)."""
+  return _written_once(_write_reward_model, directory, config, seed)
+
+
+def _write_reward_model(directory, config: ModelConfig, seed: int):
   from ttc import workdir as workdir_lib
   from ttc.verifiers import reward_model
   model = reward_model.RewardModel(config)

@@ -136,7 +136,8 @@ def next_attempts(policy, task: task_lib.Task, problems: Sequence[task_lib.Probl
 
 def revise(policy, task: task_lib.Task, problems: Sequence[task_lib.Problem], *,
            num_chains: int, chain_length: int, rng, sampler: samplers.Sampler,
-           max_new_tokens: int, rows_per_call: int, progress: str = "") -> Chains:
+           max_new_tokens: int, rows_per_call: int, progress: str = "",
+           first: Optional[Sequence[Sequence[Attempt]]] = None) -> Chains:
   """`num_chains` revision chains of `chain_length` attempts for each problem.
 
   policy: a `ttc.workdir.Policy` (the revision model). max_new_tokens: per attempt.
@@ -144,11 +145,20 @@ def revise(policy, task: task_lib.Task, problems: Sequence[task_lib.Problem], *,
   `next_attempts`). Position l draws from fold_in(rng, l) (its call i from
   fold_in(fold_in(rng, l), i)), so the result depends only on the problems, the
   settings, the rng and `rows_per_call`. progress: a tqdm label, or "" for no bar.
+  first: first[q][c], an attempt written elsewhere (e.g. by a PRM-guided search) that
+    opens chain c of problem q; the chain then holds it and `chain_length` revisions
+    of it. None = every chain starts from plain sampling.
   """
   _check_counts(num_chains=num_chains, chain_length=chain_length,
                 max_new_tokens=max_new_tokens, rows_per_call=rows_per_call)
   problems = list(problems)
-  attempts = [[[] for _ in range(num_chains)] for _ in problems]
+  if first is None:
+    attempts = [[[] for _ in range(num_chains)] for _ in problems]
+  else:
+    if len(first) != len(problems) or any(len(f) != num_chains for f in first):
+      raise ValueError(f"first attempts must be [problems={len(problems)}][chains="
+                       f"{num_chains}]")
+    attempts = [[[attempt] for attempt in per_problem] for per_problem in first]
   for position in tqdm.trange(chain_length, desc=progress, disable=not progress or None):
     histories = [[[a.text for a in chain] for chain in per_problem] for per_problem in attempts]
     new = next_attempts(policy, task, problems, histories,
