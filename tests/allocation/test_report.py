@@ -87,6 +87,11 @@ def test_prm_vs_orm_and_unpaired_bounds():
   del verifiers["accuracy"]["ORM weighted"]["64"]  # the largest shared N instead
   f7 = findings.prm_vs_orm(verifiers, "v.json")
   assert f7.verdict == "inconclusive" and "at N=16" in f7.measured
+  # A file with the paired interval: that one, not the unpaired bounds.
+  verifiers["difference_to_orm"] = {"PRM-last weighted": {"16": [0.02, 0.01, 0.03]}}
+  f7 = findings.prm_vs_orm(verifiers, "v.json")
+  assert f7.interval == pytest.approx((0.02, 0.01, 0.03)) and f7.verdict == "yes"
+  assert "paired" in f7.measured and "unpaired" not in f7.measured
 
 
 def test_flops_matched_reads_bounds_and_missing_values():

@@ -88,3 +88,26 @@ def test_bootstrap_weights_that_empty_a_bin_fall_back_to_the_whole_half(question
   weights = np.where(table.bins_Q == 5, 0.0, 1.0)
   chosen = selection.two_fold(table, [4], weights_Q=weights)
   assert (chosen.choice_BxHxK >= 0).all() and not np.isnan(chosen.value_BxQ).any()
+
+
+def test_a_margin_keeps_the_default_unless_another_beats_it_by_more(questions):
+  uids, bins, halves = questions
+  # Within each (bin, half) group of 4 questions, best_of_n is right on the first 2 and
+  # "lucky" on the first 3: lucky leads by 0.25 on every choosing half.
+  rank = {}
+  for u in uids:
+    rank[u] = sum(1 for v in uids if v < u and bins[v] == bins[u] and halves[v] == halves[u])
+  assert max(rank.values()) == 3
+  base = {u: rank[u] < 2 for u in uids}
+  lucky = {u: rank[u] < 3 for u in uids}
+  table, _ = selection.build_table(
+      _records("best_of_n", 4, base) + _records("lucky", 4, lucky), bins, halves)
+  names = np.array([m for m, _ in table.configs])
+  for margin, want in ((0.0, "lucky"), (0.2, "lucky"), (0.25, "best_of_n"), (0.5, "best_of_n")):
+    chosen = selection.two_fold(table, [4], default="best_of_n", margin=margin)
+    assert set(names[chosen.choice_BxHxK[0].ravel()]) == {want}, margin
+    want_value = [(lucky if want == "lucky" else base)[u] for u in table.uids]
+    np.testing.assert_array_equal(chosen.value_BxQ[0], want_value)
+  # Without a default at the budget the margin changes nothing.
+  plain = selection.two_fold(table, [4], default="absent", margin=0.5)
+  assert set(names[plain.choice_BxHxK[0].ravel()]) == {"lucky"}

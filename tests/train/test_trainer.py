@@ -171,11 +171,14 @@ def _final_params(workdir):
 
 
 def test_kill_9_then_rerun_resumes_to_identical_parameters(tmp_path):
-  steps = 300
+  # 60 steps, a checkpoint every 5: each save takes a good part of a second, so the kill
+  # lands within a few steps of the first one, long before the last.
+  steps = 60
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")  # the CLI runs on one device
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  subprocess.run(_train_cmd(straight, steps), cwd=REPO, env=env, check=True,
-                 capture_output=True)
+  # The uninterrupted run, meanwhile on the other core.
+  reference = subprocess.Popen(_train_cmd(straight, steps), cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
   proc = subprocess.Popen(_train_cmd(resumed, steps), cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -194,6 +197,8 @@ def test_kill_9_then_rerun_resumes_to_identical_parameters(tmp_path):
 
   subprocess.run(_train_cmd(resumed, steps), cwd=REPO, env=env, check=True,
                  capture_output=True)
+  _, stderr = reference.communicate(timeout=300)
+  assert reference.returncode == 0, stderr[-2000:]
   (a, step_a), (b, step_b) = _final_params(straight), _final_params(resumed)
   assert step_a == step_b == steps
   jax.tree.map(np.testing.assert_array_equal, a, b)  # bit-identical

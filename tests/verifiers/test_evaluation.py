@@ -46,6 +46,13 @@ def _check_answer_level(results):
     assert 0.0 <= results["accuracy"][name]["5"][0] <= 1.0
   # Equal scores through the weighted rule: majority vote, tie rule and all.
   assert results["accuracy"]["constant"] == results["accuracy"]["majority"]
+  # The paired difference's mean is the difference of the means, whatever its interval.
+  for name, row in results["difference_to_orm"].items():
+    for n, (mean, low, high) in row.items():
+      want = results["accuracy"][name][n][0] - results["accuracy"]["ORM weighted"][n][0]
+      assert mean == pytest.approx(want) and low <= mean <= high
+  assert set(results["difference_to_orm"]) == {"PRM-last weighted", "PRM-min weighted",
+                                               "PRM-prod weighted"}
   assert 0.0 <= results["outcome_auroc"]["ORM"] <= 1.0
 
 

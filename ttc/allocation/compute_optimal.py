@@ -69,10 +69,11 @@ class Curves:
   difference: tuple
 
 
-def _means(table, budgets, baseline, candidates, weights, num_bins, probes, cheaper):
+def _means(table, budgets, baseline, candidates, weights, num_bins, probes, cheaper, margin):
   """({curve: [budgets] mean}, {curve: [budgets, Q] values}, the Selection) on one
   resample. probes: {probe size: [Q] probe statistic} for on-line allocation."""
-  chosen = selection.two_fold(table, budgets, candidates, weights, num_bins, cheaper)
+  chosen = selection.two_fold(table, budgets, candidates, weights, num_bins, cheaper,
+                              default=baseline, margin=margin)
   values = {"compute_optimal": chosen.value_BxQ,
             baseline: selection.fixed_curve(table, baseline, budgets),
             results.MAJORITY: selection.fixed_curve(table, results.MAJORITY, budgets),
@@ -86,12 +87,13 @@ def _means(table, budgets, baseline, candidates, weights, num_bins, probes, chea
 
 def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num_bins: int,
            num_resamples: int, seed: int, dropped=(), probes: Optional[Mapping] = None,
-           cheaper: bool = False) -> Curves:
+           cheaper: bool = False, margin: float = 0.0) -> Curves:
   """Curves of one pool (module docstring); budgets = the baseline's in the table.
 
   cheaper: compute-optimal may also choose configurations cheaper than the budget
   (`selection.two_fold`); on-line allocation always may (budget - probe is rarely a
-  budget that was swept).
+  budget that was swept). margin: the baseline stays unless another configuration is
+  more than this much more accurate on the choosing half (`selection.two_fold`).
 
   probes: {probe size: [Q] mean final score of each question's first samples, in the
   table's question order} for on-line allocation curves (None = none).
@@ -102,7 +104,7 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
                     "questions; set compute_optimal.baseline or add its sweep")
   probes = probes or {}
   means, values, chosen = _means(table, budgets, baseline, candidates, None, num_bins, probes,
-                                 cheaper)
+                                 cheaper, margin)
   ratios = efficiency.ratios(budgets, means[baseline], means["compute_optimal"])
   rng = np.random.default_rng(seed)
   n = len(table.uids)
@@ -117,7 +119,7 @@ def curves(table: selection.Table, baseline: str, candidates: Sequence[str], num
   for _ in range(num_resamples):
     weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
     m, _, _ = _means(table, budgets, baseline, candidates, weights, num_bins, probes,
-                     cheaper)
+                     cheaper, margin)
     for k, v in m.items():
       samples[k].append(v)
     resampled = efficiency.ratios(budgets, m[baseline], m["compute_optimal"])
@@ -274,7 +276,7 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                     difficulty_file: str = "difficulty_test.jsonl",
                     baseline: str = "best_of_n", baseline_file: Optional[str] = None,
                     num_bins: int = 5, num_resamples: int = 1000, seed: int = 0,
-                    probes: Sequence[int] = (4,), cheaper: bool = False,
+                    probes: Sequence[int] = (4,), cheaper: bool = False, margin: float = 0.0,
                     large_policy: str = "",
                     large_eval: str = "", inference_ratios: Sequence[float] = flops.PAPER_RATIOS,
                     output_name: str = "allocation") -> dict:
@@ -285,6 +287,9 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
   probes: probe sizes of on-line allocation (needs per-sample scores in the difficulty
     file; () = none).
   cheaper: at budget B also choose configurations that cost less (`selection`).
+  margin: keep the baseline in a bin unless another configuration beats it on the
+    choosing half by more than this accuracy (against the winner's curse; 0 = the
+    paper's rule).
   large_policy / large_eval: the FLOPs-matched comparison (paper §7): a policy M times
     larger (its work dir, under this one: M = ratio of matmul parameters) and the
     per-problem file its `evaluate` wrote; "" = none.
@@ -295,6 +300,8 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                     "e.g. {'search': 'search_prm.jsonl'}")
   if num_resamples < 1 or num_bins < 1:
     raise UserError("compute_optimal.num_resamples and num_bins must be >= 1")
+  if not 0 <= margin < 1:
+    raise UserError(f"compute_optimal.margin must be in [0, 1) (an accuracy), got {margin}")
   pools = {name: [files] if isinstance(files, str) else list(files)
            for name, files in results_files.items()}
   read = {}
@@ -334,7 +341,7 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
       probe_stats = _probe_statistics(table, records_by_uid, probes)
       c = all_curves.setdefault(pool, {})[kind] = curves(
           table, baseline, candidates, num_bins, num_resamples, seed, dropped, probe_stats,
-          cheaper)
+          cheaper, margin)
       print(format_curves(f"{pool}, {kind} bins", c, baseline))
       if large is not None:
         matched.setdefault(pool, {})[kind] = _matched(table, c, large, num_bins,
@@ -346,7 +353,7 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                        "ratio_interval": {str(b): v for b, v in c.ratio_interval.items()}}
                 for kind, c in by_kind.items()} for pool, by_kind in all_curves.items()}
   allocation = {"baseline": baseline, "num_bins": num_bins, "num_resamples": num_resamples,
-                "cheaper": cheaper,
+                "cheaper": cheaper, "margin": margin,
                 "seed": seed, "difficulty_file": difficulty_file, "pools": out,
                 "flops_matched": large and {"large_policy": large_policy, "m": large["m"],
                                             "large_eval": large_eval, "pools": matched}}

@@ -280,18 +280,20 @@ def efficiency_ratio(allocation: dict, source: str) -> list[Finding]:
 def prm_vs_orm(verifiers: dict, source: str, prm: str = "PRM-last weighted",
                orm: str = "ORM weighted") -> Finding:
   """F7: PRM-weighted minus ORM-weighted best-of-N accuracy at N = 64 (or the largest N
-  both have), bounds from each one's own interval (`unpaired_difference`: the file keeps
-  no per-question values)."""
+  both have): the paired interval `evaluate_verifiers` writes ("difference_to_orm"), or
+  for files written before it, bounds from each one's own interval
+  (`unpaired_difference`)."""
   table = verifiers.get("accuracy", {})
   shared = sorted(set(table.get(prm, {})) & set(table.get(orm, {})), key=int)
   if not shared:
     return Finding("F7", CLAIMS["F7"], NOT_MEASURED, f"{source} lacks {prm!r} or {orm!r}",
                    source)
   n = str(PAPER_N) if str(PAPER_N) in shared else shared[-1]
-  interval = unpaired_difference(*table[prm][n], *table[orm][n])
+  paired = verifiers.get("difference_to_orm", {}).get(prm, {}).get(n)
+  interval = paired or unpaired_difference(*table[prm][n], *table[orm][n])
   return _finding("F7", CLAIMS["F7"], interval,
                   f"({prm} - {orm} at N={n}, {verifiers.get('problems', '?')} problems, "
-                  "unpaired bounds)", source)
+                  f"{'paired' if paired else 'unpaired bounds'})", source)
 
 
 def _point(key, claim, value, lower_bound, above, what, source) -> Finding:

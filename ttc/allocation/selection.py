@@ -9,6 +9,12 @@ every configuration of cost <= B. Spending less is legitimate, but with few ques
 per bin more candidates mean a luckier winner on the choosing half (on the study's
 100 questions it cost accuracy), so it is an option.
 
+The same winner's curse hits the paper's rule: with ten questions per bin and half,
+some configuration beats best-of-N on the choosing half by chance. `margin` guards
+against it: the `default` configuration (best-of-N) stays unless another beats it on
+the choosing half by more than `margin` (accuracy, e.g. 0.1 = one question in ten).
+margin 0 is the paper's rule.
+
 2-fold: the questions split into two halves balanced within each bin
 (`bins.halves`). For evaluation half e, each bin's configuration is the one with the
 highest accuracy on that bin's questions of half 1 - e (ties: the cheaper, then the
@@ -88,11 +94,14 @@ class Selection:
 
 def two_fold(table: Table, budgets: Sequence[int], candidates: Optional[Collection[str]] = None,
              weights_Q: Optional[np.ndarray] = None, num_bins: Optional[int] = None,
-             cheaper: bool = False) -> Selection:
+             cheaper: bool = False, default: Optional[str] = None,
+             margin: float = 0.0) -> Selection:
   """Compute-optimal selection at each budget (module docstring).
 
   candidates: the methods it may choose (None = every configuration of the table).
   cheaper: also configurations that cost less than the budget.
+  default / margin: the method kept at a budget unless another configuration is more
+    than `margin` more accurate on the choosing half (None or 0 = the best one wins).
   weights_Q: [Q] how often each question counts (bootstrap resample counts; None = 1).
     A bin whose choosing half has no weight falls back to that whole half.
   """
@@ -107,6 +116,8 @@ def two_fold(table: Table, budgets: Sequence[int], candidates: Optional[Collecti
     rows = np.flatnonzero(costs <= budget if cheaper else costs == budget)
     if not rows.size:
       continue
+    kept = table.rows(default).get(budget, -1) if default and margin > 0 else -1
+    kept_at = int(np.flatnonzero(rows == kept)[0]) if kept in rows else -1
     for half in (0, 1):
       choosing = table.halves_Q == 1 - half
       for k in range(1, num_bins + 1):
@@ -118,6 +129,8 @@ def two_fold(table: Table, budgets: Sequence[int], candidates: Optional[Collecti
           weight = w * choosing
         accuracy = table.correct_CxQ[rows] @ weight / max(weight.sum(), 1e-300)
         best = rows[int(np.argmax(accuracy))]
+        if kept_at >= 0 and accuracy.max() <= accuracy[kept_at] + margin + 1e-9:
+          best = kept
         choice[i, half, k - 1] = best
         scored = (table.halves_Q == half) & in_bin
         value[i, scored] = table.correct_CxQ[best, scored]

@@ -252,6 +252,12 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
                                            outcome)},
       "accuracy": {name: {str(n): list(cell) for n, cell in row.items()}
                    for name, row in table.items()},
+      # Each PRM rule minus the ORM on the same questions: a paired interval, narrower
+      # than the two accuracy intervals side by side.
+      "difference_to_orm": {
+          name: {str(n): list(stats.bootstrap_interval(values - per_question["ORM weighted"][n]))
+                 for n, values in per_question[name].items()}
+          for name in per_question if name.startswith("PRM-")},
   }
   print(f"{task.name} {split}: {len(problems)} problems x {num_samples} samples, pass@1 "
         f"{results['pass@1']:.3f}")
