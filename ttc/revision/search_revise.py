@@ -25,7 +25,6 @@ written; settings are pinned beside the file.
 
 import os
 import time
-import zlib
 
 import gin
 import jax
@@ -101,11 +100,6 @@ def _records(task, problems, out: chains_lib.Chains, scores, search: dict, name_
           "rounds": length, "wall_s": search["wall_s"][q], "prm_overflowed":
           search["prm_overflowed"], "rule": rule, "chosen": [chain, position]})
   return lines
-
-
-def _batch_key(seed: int, search_method: str, budget: int, batch_index: int):
-  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(search_method.encode()) & 0x7FFFFFFF)
-  return jax.random.fold_in(jax.random.fold_in(key, budget), batch_index)
 
 
 @gin.configurable(denylist=["workdir"])
@@ -188,7 +182,7 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
             continue
           lines = _run_batch(programs, config, task, base, reviser, orm, batch,
                              [prompt_ids[p.uid] for p in batch], budget=budget, seed=seed,
-                             rng=_batch_key(seed, search_method, budget, index),
+                             rng=search_sweep_lib.batch_key(seed, search_method, budget, index),
                              sampler=sampler, search_method=search_method,
                              max_new_tokens=max_solution_tokens,
                              rows_per_call=rows_per_call, orm_batch_size=orm_batch_size)

@@ -39,7 +39,9 @@ from ttc.search.callbacks import ConstantCallbacks, PolicyCallbacks, PrmCallback
 from ttc.verifiers import aggregation
 
 
-def _batch_key(seed: int, method: str, budget: int, batch_index: int):
+def batch_key(seed: int, method: str, budget: int, batch_index: int):
+  """The key of one batch of a sweep: (seed, method, budget, batch index) only, so a batch
+  recomputed after a kill draws the same."""
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(method.encode()) & 0x7FFFFFFF)
   return jax.random.fold_in(jax.random.fold_in(key, budget), batch_index)
 
@@ -199,7 +201,7 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
           if any(missing):
             rows = run_batch(programs, config, task, loaded.codec, batch,
                              [prompt_ids[p.uid] for p in batch],
-                             _batch_key(seed, name, budget, index), sampler)
+                             batch_key(seed, name, budget, index), sampler)
             resumable.append_lines(path, [
                 {"uid": p.uid, "level": p.level, "method": name, "budget": budget,
                  "seed": seed, **row} for p, row, new in zip(batch, rows, missing) if new])
