@@ -34,7 +34,7 @@ import tqdm
 
 from ttc import resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
-from ttc.decoding import samplers, sampling
+from ttc.decoding import samplers
 from ttc.errors import UserError
 from ttc.revision import chains as chains_lib, selection, verifier as verifier_lib
 from ttc.search import methods, results, sweep as search_sweep_lib
@@ -54,11 +54,9 @@ def splits(budget: int, search_generations: int) -> list[tuple[int, int]]:
   return [(1 << i, rest >> i) for i in range(max(rest, 0).bit_length()) if rest % (1 << i) == 0]
 
 
-def first_attempts(task: task_lib.Task, codec, result, q: int,
-                   num_chains: int) -> list[chains_lib.Attempt]:
-  """The C attempts that open problem q's chains: its search's final solutions in
-  descending PRM score (rows in order on ties), each distinct text once; if fewer than
-  C are distinct, the best ones again, in the same order."""
+def ranked_solutions(task: task_lib.Task, codec, result, q: int) -> list[chains_lib.Attempt]:
+  """Problem q's distinct final solutions of the search (host arrays), as attempts, in
+  descending PRM score (rows in order on ties); each distinct text once."""
   lengths, complete = result.lengths_QxN[q], result.complete_QxN[q]
   order = np.argsort(-np.asarray(result.scores_QxN[q], np.float64), kind="stable")
   seen, distinct = set(), []
@@ -71,23 +69,35 @@ def first_attempts(task: task_lib.Task, codec, result, q: int,
       distinct.append(chains_lib.Attempt(
           text=text, finished=done, num_tokens=length,
           answer=task.extract_answer(text) if done else None))
-  return [distinct[c % len(distinct)] for c in range(num_chains)]
+  return distinct
+
+
+def first_attempts(task: task_lib.Task, codec, result, q: int,
+                   num_chains: int) -> list[chains_lib.Attempt]:
+  """The C attempts that open problem q's chains: `ranked_solutions`, and if fewer than
+  C are distinct, the best ones again, in the same order."""
+  return _cycled(ranked_solutions(task, codec, result, q), num_chains)
+
+
+def _cycled(ranked: list, count: int) -> list:
+  return [ranked[c % len(ranked)] for c in range(count)]
 
 
 def _records(task, problems, out: chains_lib.Chains, scores, search: dict, name_of,
-             orm_tokens) -> list[dict]:
-  """One line per problem and rule of chains `out` (after a search that cost `search`)."""
+             orm_tokens, wall_s: float) -> list[dict]:
+  """One line per problem and rule of chains `out` (after a search that cost `search`);
+  wall_s: device seconds per problem, the search's and these revisions'."""
   lines = []
   for q, problem in enumerate(problems):
     attempts = out.attempts[q]
     num_chains, length = len(attempts), len(attempts[0])
     ids = np.asarray(task.answer_ids([a.answer for chain in attempts for a in chain]),
                      np.int32).reshape(num_chains, length)
+    revision_tokens = sum(a.num_tokens for chain in attempts for a in chain[1:])
     for rule, how in RULES.items():
       chain, position = (int(i) for i in jax.device_get(selection.choose(
           ids, np.asarray(scores[q], np.float32), how)))
       chosen = attempts[chain][position]
-      revision_tokens = sum(a.num_tokens for chain_ in attempts for a in chain_[1:])
       lines.append({
           "uid": problem.uid, "level": problem.level, "method": name_of(rule),
           "budget": search["budget"], "seed": search["seed"], "rows": num_chains,
@@ -97,8 +107,8 @@ def _records(task, problems, out: chains_lib.Chains, scores, search: dict, name_
           "complete": sum(a.finished for chain_ in attempts for a in chain_),
           "tokens_generated": search["tokens"][q] + revision_tokens,
           "prm_tokens": search["prm_tokens"][q] + (orm_tokens[q] if rule == "hier" else 0),
-          "rounds": length, "wall_s": search["wall_s"][q], "prm_overflowed":
-          search["prm_overflowed"], "rule": rule, "chosen": [chain, position]})
+          "rounds": length, "wall_s": wall_s, "prm_overflowed": search["prm_overflowed"],
+          "rule": rule, "chosen": [chain, position]})
   return lines
 
 
@@ -202,34 +212,26 @@ def _run_batch(programs, config, task, base, reviser, orm, problems, prompts, *,
                seed: int, rng, sampler, search_method: str, max_new_tokens: int,
                rows_per_call: int, orm_batch_size: int) -> list[dict]:
   """Every line of one batch: one search, then each chain count's revisions."""
-  padded = sampling.bucket(len(problems))
-  prompts = list(prompts) + [prompts[0]] * (padded - len(problems))
-  tokens, lengths = sampling.left_pad(prompts, sampling.bucket(max(map(len, prompts)), 16))
-  live = np.arange(padded) < len(problems)
-  started = time.perf_counter()
-  result = jax.device_get(jax.block_until_ready(
-      programs(config, tokens, lengths, live, jax.random.fold_in(rng, 0), sampler)))
-  search_s = (time.perf_counter() - started) / len(problems)
+  result, search_s = search_sweep_lib.search_batch(programs, config, prompts,
+                                                   jax.random.fold_in(rng, 0), sampler)
   search = {"budget": budget, "seed": seed, "generations": config.generations,
             "tokens": [int(t) for t in result.tokens_generated_Q],
             "prm_tokens": [int(t) for t in result.prm_tokens_Q],
             "prm_overflowed": bool(result.prm_overflowed)}
+  ranked = [ranked_solutions(task, base.codec, result, q) for q in range(len(problems))]
   lines = []
   for num_chains, revisions in splits(budget, config.generations):
     started = time.perf_counter()
-    first = [first_attempts(task, base.codec, result, q, num_chains)
-             for q in range(len(problems))]
     out = chains_lib.revise(reviser, task, problems, num_chains=num_chains,
                             chain_length=revisions, rng=jax.random.fold_in(rng, num_chains),
                             sampler=sampler, max_new_tokens=max_new_tokens,
-                            rows_per_call=rows_per_call, first=first)
+                            rows_per_call=rows_per_call,
+                            first=[_cycled(r, num_chains) for r in ranked])
     scores = verifier_lib.score_chains(*orm, task, reviser.codec, out, batch_size=orm_batch_size)
-    orm_tokens = [sum(len(verifier_lib.attempt_tokens(task, reviser.codec, problem,
-                                                      out.texts(q, c), l)[0])
-                      for c in range(num_chains) for l in range(revisions + 1))
-                  for q, problem in enumerate(problems)]
-    search["wall_s"] = [search_s + (time.perf_counter() - started) / len(problems)] * len(problems)
+    orm_tokens = [sum(map(sum, per_problem))
+                  for per_problem in verifier_lib.attempt_token_counts(task, reviser.codec, out)]
+    wall_s = search_s + (time.perf_counter() - started) / len(problems)
     lines += _records(task, problems, out, scores, search,
                       lambda rule: method_name(search_method, num_chains, revisions, rule),
-                      orm_tokens)
+                      orm_tokens, wall_s)
   return lines

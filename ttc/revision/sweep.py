@@ -104,10 +104,7 @@ def run_batch(policy, orm, task: task_lib.Task, problems, *, num_chains: int, le
     scores = verifier_lib.score_chains(*orm, task, policy.codec, out, batch_size=orm_batch_size)
     score_s = (time.perf_counter() - started) / len(problems)
     # What the ORM read: each attempt after its own context, up to its end token.
-    orm_tokens = [[[len(verifier_lib.attempt_tokens(task, policy.codec, problem,
-                                                    out.texts(q, c), l)[0])
-                    for l in range(length)] for c in range(num_chains)]
-                  for q, problem in enumerate(problems)]
+    orm_tokens = verifier_lib.attempt_token_counts(task, policy.codec, out)
   lines, texts = [], []
   for q, problem in enumerate(problems):
     attempts = out.attempts[q]  # [C][L]

@@ -44,6 +44,15 @@ def attempt_tokens(task: task_lib.Task, codec, problem: task_lib.Problem,
                                   texts[position])
 
 
+def attempt_token_counts(task: task_lib.Task, codec,
+                         chains: chains_lib.Chains) -> list[list[list[int]]]:
+  """counts[q][c][l]: the tokens an ORM reads for attempt l of chain c of problem q (the
+  attempt after its own context, up to its end token), as `score_chains` feeds them."""
+  return [[[len(attempt_tokens(task, codec, problem, chains.texts(q, c), l)[0])
+            for l in range(len(chain))] for c, chain in enumerate(chains.attempts[q])]
+          for q, problem in enumerate(chains.problems)]
+
+
 def score_chains(model, params, task: task_lib.Task, codec, chains: chains_lib.Chains,
                  batch_size: int = 64) -> list[list[list[float]]]:
   """scores[q][c][l] in [0, 1]: the ORM's score of attempt l of chain c of problem q,

@@ -90,6 +90,21 @@ class SearchPrograms:
     return self._compiled[key](*self.params, prompts, lengths, live, rng, sampler)
 
 
+def search_batch(programs: SearchPrograms, config, prompts: list[list[int]], rng, sampler):
+  """(the SearchResult as host arrays, device seconds per problem) of one batch: the
+  prompts (token ids, one per problem) left-padded, and padded with copies to a power
+  of two problems that are not live, so a run compiles a few batch shapes."""
+  num_problems = len(prompts)
+  padded = sampling.bucket(num_problems)
+  prompts = list(prompts) + [prompts[0]] * (padded - num_problems)
+  tokens, lengths = sampling.left_pad(prompts, sampling.bucket(max(map(len, prompts)), 16))
+  live = np.arange(padded) < num_problems
+  started = time.perf_counter()
+  result = jax.block_until_ready(programs(config, tokens, lengths, live, rng, sampler))
+  wall = (time.perf_counter() - started) / num_problems
+  return jax.device_get(result), wall  # one transfer; the answers are read on the host
+
+
 def run_batch(programs: SearchPrograms, config, task: task_lib.Task,
               codec: workdir_lib.Codec, problems, prompts: list[list[int]], rng,
               sampler) -> list[dict]:
@@ -97,14 +112,7 @@ def run_batch(programs: SearchPrograms, config, task: task_lib.Task,
 
   prompts: each problem's prompt ids (`codec.encode_prompt`), encoded once per run.
   """
-  padded = sampling.bucket(len(problems))
-  prompts = list(prompts) + [prompts[0]] * (padded - len(problems))
-  tokens, lengths = sampling.left_pad(prompts, sampling.bucket(max(map(len, prompts)), 16))
-  live = np.arange(padded) < len(problems)
-  started = time.perf_counter()
-  result = jax.block_until_ready(programs(config, tokens, lengths, live, rng, sampler))
-  wall = (time.perf_counter() - started) / len(problems)
-  result = jax.device_get(result)  # one transfer; the answers are read on the host
+  result, wall = search_batch(programs, config, prompts, rng, sampler)
   out = []
   for q, problem in enumerate(problems):
     out.append({**_choose(task, codec, problem, result, q), "rows": config.num_rows,
