@@ -5,20 +5,23 @@ JSON item with the number of batches the data iterator has produced, so a resume
 run sees exactly the batches an uninterrupted one would.
 """
 
-import os
-
 import orbax.checkpoint as ocp
+from etils import epath
 
+from ttc import resumable
 from ttc.errors import UserError
 
 
 def manager(directory: str, keep: int) -> ocp.CheckpointManager:
-  """The trainer decides when to save; the manager keeps the newest `keep`."""
+  """The trainer decides when to save; the manager keeps the newest `keep`.
+
+  directory: a local path or a URI (gs://...), which orbax reads and writes as it is.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True,
       # Saving synchronously keeps "the last step on disk" well defined at kill -9.
       enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(epath.Path(resumable.absolute(directory)), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, batches_consumed: int):
@@ -49,9 +52,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
 
 def restore_params(directory: str, abstract_params, step=None):
   """Restores only `params` of a train-state checkpoint (for evaluation/sampling)."""
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise UserError(f"no checkpoint directory at {directory}; train first or fix the path")
-  mngr = ocp.CheckpointManager(os.path.abspath(directory))
+  mngr = ocp.CheckpointManager(epath.Path(resumable.absolute(directory)))
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise UserError(f"no checkpoint found in {directory}; train first or fix the path")

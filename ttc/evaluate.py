@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc import stats, workdir as workdir_lib
+from ttc import resumable, stats, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import generation, samplers
 from ttc.errors import UserError
@@ -118,10 +118,10 @@ def evaluate(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "te
   print(format_table(results, columns))
   print(f"{cost['tokens_generated']} tokens in {seconds:.0f} s ({cost['tokens_per_s']:.1f} "
         "tokens/s, compilation included)")
-  with open(os.path.join(workdir, f"{output_name}.json"), "w") as f:
-    json.dump({"task": task.name, **loaded.describe(), "temperature": temperature,
-               "num_samples": num_samples, "max_new_tokens": max_new_tokens, **cost,
-               "results": results}, f, indent=1)
-  with open(os.path.join(workdir, f"{output_name}_problems.jsonl"), "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
+  resumable.write_json(os.path.join(workdir, f"{output_name}.json"), {
+      "task": task.name, **loaded.describe(), "temperature": temperature,
+      "num_samples": num_samples, "max_new_tokens": max_new_tokens, **cost,
+      "results": results})
+  resumable.write_atomic(os.path.join(workdir, f"{output_name}_problems.jsonl"),
+                         "".join(json.dumps(r) + "\n" for r in records))
   return results

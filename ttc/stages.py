@@ -1,9 +1,9 @@
 """`run`: the top-level configurable that calls each configured stage on one work dir."""
 
-import os
 import time
 
 import gin
+from etils import epath
 
 from ttc.errors import UserError
 
@@ -13,11 +13,14 @@ def run(workdir: str = gin.REQUIRED, stages=gin.REQUIRED, distributed: bool = Fa
   """Calls each stage (a gin configurable such as `@train` or `@evaluate`) in order.
 
   distributed: call `jax.distributed.initialize()` first (one process per host on a
-  TPU pod or multi-node GPU job; the cluster is detected from the environment).
+  TPU pod or multi-node GPU job; the cluster is detected from the environment, or
+  given by `initialize_distributed`'s bindings). Process 0 then writes the shared
+  files, and every process finishes a stage before any starts the next
+  (`ttc.multihost`).
   """
+  from ttc import multihost
   if distributed:
-    import jax
-    jax.distributed.initialize()
+    multihost.initialize()
   if not workdir or not isinstance(workdir, str):
     raise UserError(f"run.workdir={workdir!r} is not a path; set --gin.WORKDIR=\"'path'\"")
   if callable(stages) or not isinstance(stages, (list, tuple)):
@@ -29,16 +32,18 @@ def run(workdir: str = gin.REQUIRED, stages=gin.REQUIRED, distributed: bool = Fa
                       "@evaluate, ...")
   # Checked before any stage runs: an unwritable work dir would fail one after its work.
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if multihost.is_writer():
+      epath.Path(workdir, "config.gin").write_text(gin.config_str())
   except OSError as e:
     raise UserError(f"run.workdir {workdir!r} cannot be created or written "
                     f"({e.strerror or e}); set --gin.WORKDIR=\"'a/writable/dir'\"") from e
   for stage in stages:
     started = time.perf_counter()
     stage(workdir=workdir)
+    name = getattr(stage, "__name__", getattr(getattr(stage, "func", None), "__name__", stage))
+    multihost.barrier(f"stage {name}")  # the next stage reads what this one wrote
     seconds = time.perf_counter() - started
-    print(f"stage {getattr(stage, '__name__', stage)} done in {seconds:.0f} s", flush=True)
-  with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
+    print(f"stage {name} done in {seconds:.0f} s", flush=True)
+  if multihost.is_writer():
+    epath.Path(workdir, "operative_config.gin").write_text(gin.operative_config_str())

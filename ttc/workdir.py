@@ -25,6 +25,9 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
+from etils import epath
+
+from ttc import resumable
 from ttc.errors import UserError
 
 if TYPE_CHECKING:
@@ -239,13 +242,17 @@ def resolve(source: str) -> str:
 
 
 def open_checkpoint(source: str) -> Checkpoint:
-  """Recognises the checkpoint at `source` (a path or `smollm2`) and reads its tokenizer."""
+  """Recognises the checkpoint at `source` (a path or `smollm2`) and reads its tokenizer.
+
+  A ttc work dir may be anywhere epath reaches (gs://); GGUF files and HF directories
+  are read from a local disk (memory-mapped), so a URI to one fails where it is read.
+  """
   path = resolve(source)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise UserError(f"checkpoint {path} not found; pass a .gguf file, an HF checkpoint "
                     f"directory, a ttc work dir or {SMOLLM2!r}")
 
-  if os.path.isfile(path):
+  if not epath.Path(path).is_dir():
     if not path.endswith(".gguf"):
       raise UserError(f"unknown checkpoint kind {path}: a file must be a llama .gguf; "
                       "directories may be HF checkpoints or ttc work dirs")
@@ -267,7 +274,7 @@ def open_checkpoint(source: str) -> Checkpoint:
     return Checkpoint(path, "gguf", _text_codec(tokenizer, add_bos), config, context,
                       "llama.context_length", load_gguf)
 
-  if os.path.exists(os.path.join(path, "config.json")):
+  if epath.Path(path, "config.json").exists():
     from ttc.models import hf_loader, tokenizer as tokenizer_lib
     with open(os.path.join(path, "config.json")) as f:
       try:
@@ -287,7 +294,7 @@ def open_checkpoint(source: str) -> Checkpoint:
                       None if context is None else int(context), "max_position_embeddings",
                       load_hf)
 
-  if os.path.exists(os.path.join(path, MODEL_CONFIG)):
+  if epath.Path(path, MODEL_CONFIG).exists():
 
     def load_workdir(mesh, rules):
       return load_trained_policy(path, mesh, rules)
@@ -306,16 +313,13 @@ def load_model_config(workdir: str):
   """The `ModelConfig` a work dir's policy was trained with."""
   from ttc.models.config import ModelConfig
   path = os.path.join(workdir, MODEL_CONFIG)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise UserError(f"{path} not found: {workdir} is not a trained ttc work dir")
-  with open(path) as f:
-    return ModelConfig(**json.load(f))
+  return ModelConfig(**json.loads(epath.Path(path).read_text()))
 
 
 def save_model_config(directory: str, config) -> None:
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, MODEL_CONFIG), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=1)
+  resumable.write_json(os.path.join(directory, MODEL_CONFIG), dataclasses.asdict(config))
 
 
 def load_trained_policy(workdir: str, mesh, rules):
@@ -360,8 +364,8 @@ def load_policy(policy: str, devices: Devices, workdir: str = "") -> Policy:
   if not policy and not workdir:
     raise UserError("no policy named: set the stage's policy to a checkpoint or 'smollm2'")
   source = policy or workdir
-  if policy and workdir and not os.path.isabs(policy) and os.path.exists(
-      os.path.join(workdir, policy)):
+  if policy and workdir and not os.path.isabs(policy) and resumable.is_local(policy) and (
+      epath.Path(workdir, policy).exists()):
     source = os.path.join(workdir, policy)
   checkpoint = open_checkpoint(source)
   model, params, step = checkpoint.load_weights(devices.mesh, devices.rules)

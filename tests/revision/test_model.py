@@ -21,7 +21,7 @@ from ttc.data import arith_task, vocab
 from ttc.errors import UserError
 from ttc.models.transformer import Transformer
 from ttc.revision import data, model
-from ttc.train import trainer
+from ttc.train import metrics
 
 TASK = "test_revision_model_arith"
 NUM_STEPS, EVAL_EVERY = 6, 2
@@ -177,7 +177,7 @@ def test_keep_selected_saves_what_the_rule_selects_and_survives_a_restart(tmp_pa
 def test_fine_tune_starts_from_the_policy_logs_val_loss_and_keeps_the_selection(trained):
   workdir, summary = trained
   out = workdir / "revision_model"
-  records = trainer.read_metrics(str(out / "metrics.jsonl"))
+  records = metrics.read_metrics(str(out / "metrics.jsonl"))
   evaluations = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
   assert [s for s, _ in evaluations] == list(range(EVAL_EVERY, NUM_STEPS + 1, EVAL_EVERY))
   assert all(np.isfinite(v) and v > 0 for _, v in evaluations)
@@ -244,7 +244,7 @@ def test_a_run_killed_between_saves_resumes_to_the_same_selection(tmp_path, task
   assert model.train_revision(str(workdir), task=task, **SETTINGS) == summary
   jax.tree.map(np.testing.assert_array_equal, _params(out / "checkpoints"),
                _params(straight / "revision_model" / "checkpoints"))
-  steps = [r["step"] for r in trainer.read_metrics(str(out / "metrics.jsonl"))]
+  steps = [r["step"] for r in metrics.read_metrics(str(out / "metrics.jsonl"))]
   assert steps == sorted(set(steps))  # the lost step-4 line was measured once again
 
 

@@ -34,8 +34,9 @@ from typing import Mapping, Optional, Sequence
 
 import gin
 import numpy as np
+from etils import epath
 
-from ttc import workdir as workdir_lib
+from ttc import resumable, workdir as workdir_lib
 from ttc.allocation import bins as bins_lib, difficulty, efficiency, flops, online, selection
 from ttc.errors import UserError
 from ttc.search import results
@@ -168,10 +169,10 @@ def _large_model(workdir, large_policy, large_eval) -> Optional[dict]:
   small = workdir_lib.load_model_config(workdir).num_matmul_params()
   big = workdir_lib.load_model_config(os.path.join(workdir, large_policy)).num_matmul_params()
   path = os.path.join(workdir, large_eval)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise UserError(f"{path} not found; run evaluate with policy={large_policy!r} first")
-  with open(path) as f:
-    per_problem = [json.loads(line) for line in f if line.strip()]
+  per_problem = [json.loads(line) for line in epath.Path(path).read_text().splitlines()
+                 if line.strip()]
   return {"m": big / small,
           "pass_at_1": {r["uid"]: r["correct"] / r["samples"] for r in per_problem}}
 
@@ -267,7 +268,7 @@ def plot(allocation: dict, path: str) -> None:
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("accuracy")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  resumable.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -358,9 +359,7 @@ def compute_optimal(workdir: str, results_files: Mapping[str, Sequence[str]] = g
                 "flops_matched": large and {"large_policy": large_policy, "m": large["m"],
                                             "large_eval": large_eval, "pools": matched}}
   path = os.path.join(workdir, f"{output_name}.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(allocation, f, indent=1)
-  os.replace(path + ".tmp", path)
+  resumable.write_json(path, allocation)
   plot(allocation, os.path.join(workdir, f"{output_name}.png"))
   print(f"compute_optimal: wrote {path} and {output_name}.png")
   return all_curves

@@ -41,7 +41,6 @@ on resume still gives valid estimates, though not bit-identical to a straight ru
 """
 
 import collections
-import json
 import os
 from typing import Optional, Sequence
 
@@ -49,8 +48,9 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from ttc import resumable, workdir as workdir_lib
+from ttc import multihost, resumable, workdir as workdir_lib
 from ttc.allocation import bins as bins_lib
 from ttc.data import task as task_lib
 from ttc.decoding import generation, samplers
@@ -150,17 +150,14 @@ def format_report(records: Sequence[dict], result: dict) -> str:
 
 
 def write_bins(path: str, records: Sequence[dict], num_bins: int) -> dict:
-  """Bins `records` and writes `bins_path(path)` atomically (tmp + os.replace); returns
+  """Bins `records` and writes `bins_path(path)` atomically (`resumable.write_json`); returns
   what it wrote (schema: module docstring)."""
   binned = difficulty_bins(records, num_bins)
   result = {"num_bins": num_bins, "questions": len(records), **binned,
             "summary": {kind: None if binned[kind] is None else
                         bin_summary(records, binned[kind], num_bins) for kind in KINDS},
             "agreement": agreement(binned["oracle"], binned["predicted"])}
-  out = bins_path(path)
-  with open(out + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(out + ".tmp", out)
+  resumable.write_json(bins_path(path), result)
   return result
 
 
@@ -264,29 +261,32 @@ def estimate_difficulty(workdir: str, task=gin.REQUIRED, policy: str = "", split
                     f"{task.name} {split} (max_problems_per_level={max_problems_per_level}) "
                     f"has {len(problems)}; lower num_bins or raise max_problems_per_level")
   path = os.path.join(workdir, output_file)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  done = resumable.repair(path, lambda line, n: parse_line(line, path, n),
-                          lambda record: record["uid"], HINT)
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  # With several processes each appends its chunks to a part file, merged at the end.
+  result_file = (path, lambda line, n: parse_line(line, path, n),
+                 lambda record: record["uid"], HINT)
+  own, done = multihost.open_results(*result_file)
   settings = dict(task=task.name, split=split, num_samples=num_samples,
                   temperature=temperature, max_new_tokens=max_new_tokens, prm_dir=prm_dir,
                   seed=seed, max_problems_per_level=max_problems_per_level)
 
-  with workdir_lib.device_context() as devices:
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     loaded = workdir_lib.load_policy(policy, devices, workdir)
     # The PRM before any sampling: one that cannot read the policy's tokens is refused
     # before minutes of work.
     prm, prm_params = (workdir_lib.load_reward_model(os.path.join(workdir, prm_dir), devices,
                                                      loaded.codec) if prm_dir else (None, None))
-    resumable.pin_settings(path, {**settings, **loaded.describe()}, os.path.exists(path),
+    resumable.pin_settings(path, {**settings, **loaded.describe()}, epath.Path(path).exists(),
                            f"set {STAGE}.output_file to a new name")
     sampler = samplers.Temperature(jnp.float32(temperature))
     key = jax.random.key(seed)
     resumable.append_in_chunks(
-        path, problems, questions_per_chunk, done,
+        own, problems, questions_per_chunk, done,
         lambda c, chunk: _chunk_records(
             loaded, prm, prm_params, task, chunk, jax.random.fold_in(key, c), sampler,
             num_samples=num_samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
             score_batch_size=score_batch_size), f"difficulty {split}")
+  multihost.close_results(*result_file)
 
   uids = {p.uid for p in problems}
   records = [r for r in read_difficulty(path) if r["uid"] in uids]

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 import gin
 import numpy as np
+from etils import epath
 
 from ttc import resumable, stats, workdir as workdir_lib
 from ttc.allocation import compute_optimal, difficulty, efficiency, findings as findings_lib, flops
@@ -57,10 +58,10 @@ def _params_of(workdir: str, name: str, verifier: bool) -> tuple[Optional[int], 
   cannot be read here."""
   directory = os.path.join(workdir, name) if name else workdir
   try:
-    if os.path.exists(os.path.join(directory, workdir_lib.MODEL_CONFIG)):
+    if epath.Path(directory, workdir_lib.MODEL_CONFIG).exists():
       config = workdir_lib.load_model_config(directory)
     elif name and not verifier:
-      source = directory if os.path.exists(directory) else name
+      source = directory if epath.Path(directory).exists() else name
       config = workdir_lib.open_checkpoint(source).config
     else:
       return None, f"{directory}/{workdir_lib.MODEL_CONFIG} not found"
@@ -182,13 +183,12 @@ STAGES = {"search": "search_sweep", "revisions": "revision_sweep",
 
 
 def _read_json(path: str, stage: str) -> dict:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise UserError(f"{path} not found; run {stage} first")
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path} is not valid JSON ({e}); rerun {stage}") from e
+  try:
+    return json.loads(epath.Path(path).read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON ({e}); rerun {stage}") from e
 
 
 def _load(workdir: str, files: dict) -> tuple[dict, dict]:
@@ -208,7 +208,7 @@ def _load(workdir: str, files: dict) -> tuple[dict, dict]:
     found[name] = None
     if not files[name]:
       notes[name] = f"{name}: skipped (its file set to '')"
-    elif not os.path.exists(path):
+    elif not epath.Path(path).exists():
       notes[name] = f"{files[name]}: not run (the stage {STAGES[name]} writes it)"
     else:
       try:
@@ -363,7 +363,7 @@ def report(workdir: str, search_file: str = "search_test.jsonl",
   summary = format_findings(findings)
   missing = lambda what: [f"not run: {what}", ""]
   lines = [
-      f"# Test-time compute report: {os.path.abspath(workdir)}", "",
+      f"# Test-time compute report: {resumable.absolute(workdir)}", "",
       "Findings of Snell, Lee, Xu, Kumar (2024) checked on this work dir's files. "
       "Intervals are 95% percentile bootstraps over problems, paired where both sides ran "
       "the same problems. A finding is reproduced (\"yes\") when its interval lies wholly "
@@ -383,9 +383,7 @@ def report(workdir: str, search_file: str = "search_test.jsonl",
   lines += costs or missing(f"{search_file} and {revisions_file} not found")
   lines += ["## Inputs", ""] + [f"- {note}" for note in notes.values()] + [""]
   path = os.path.join(workdir, output)
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(lines))
-  os.replace(path + ".tmp", path)
+  resumable.write_atomic(path, "\n".join(lines))
   print(summary)
   print(f"report: wrote {path} and {len(figures)} figures")
   return {f.key: f for f in findings}

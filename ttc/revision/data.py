@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 from rapidfuzz.distance import Levenshtein
 
-from ttc import resumable
+from ttc import multihost, resumable
 from ttc import workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.data import vocab
@@ -160,22 +161,9 @@ def read_revision_data(path: str) -> list[dict]:
     UserError: missing file; a line cut mid-way, not JSON, or malformed (naming the
       1-based line number); a repeated uid.
   """
-  if not os.path.exists(path):
-    raise UserError(f"revision data {path} not found; run make_revision_data first")
-  with open(path, "rb") as f:
-    *lines, tail = f.read().split(b"\n")
-  if tail:  # bytes after the last newline: a write cut by kill -9
-    raise UserError(f"{path} line {len(lines) + 1} is cut mid-line (no newline); "
-                    f"{_RERUN_HINT}")
-  records, seen = [], {}
-  for lineno, line in enumerate(lines, start=1):
-    record = _parse_line(line, path, lineno, _RERUN_HINT)
-    if record["uid"] in seen:
-      raise UserError(f"{path} line {lineno}: uid {record['uid']} repeats line "
-                      f"{seen[record['uid']]}; {_RERUN_HINT}")
-    seen[record["uid"]] = lineno
-    records.append(record)
-  return records
+  return resumable.read_records(
+      path, lambda line, n: _parse_line(line, path, n, _RERUN_HINT), "make_revision_data",
+      "revision data", key=lambda r: f"uid {r['uid']}", hint=_RERUN_HINT)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -266,9 +254,11 @@ def make_revision_data(workdir: str, task=gin.REQUIRED, policy: str = "", split:
               questions_per_chunk=questions_per_chunk)
   problems = task.select_in_turns(split, num_questions)
   path = os.path.join(workdir, data_file)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  done = resumable.repair(path, lambda line, n: _parse_line(line, path, n, _DAMAGED_HINT),
-                          lambda record: record["uid"], _DAMAGED_HINT)
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  # With several processes each appends its chunks to a part file, merged at the end.
+  result_file = (path, lambda line, n: _parse_line(line, path, n, _DAMAGED_HINT),
+                 lambda record: record["uid"], _DAMAGED_HINT)
+  own, done = multihost.open_results(*result_file)
   # As in label_prm, batch_size and questions_per_chunk only regroup the work: changing
   # them on resume still gives valid data, though not bit-identical to a straight run.
   settings = {"task": task.name, "split": split, "num_samples": num_samples,
@@ -276,17 +266,18 @@ def make_revision_data(workdir: str, task=gin.REQUIRED, policy: str = "", split:
               "max_context": max_context, "seed": seed}
 
   counts = labeling.Counts()
-  with workdir_lib.device_context() as devices:
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     loaded = workdir_lib.load_policy(policy, devices, workdir)
-    resumable.pin_settings(path, {**settings, **loaded.describe()}, os.path.exists(path),
+    resumable.pin_settings(path, {**settings, **loaded.describe()}, epath.Path(path).exists(),
                            "set make_revision_data.data_file to a new name")
     run = labeling.Sampling(loaded, task, samplers.Temperature(jnp.float32(temperature)),
                              max_new_tokens, batch_size)
     key = jax.random.key(seed)
     resumable.append_in_chunks(
-        path, problems, questions_per_chunk, done,
+        own, problems, questions_per_chunk, done,
         lambda c, chunk: _revision_chunk(run, chunk, jax.random.fold_in(key, c), num_samples,
                                          max_context, counts), f"revision data {split}")
+  multihost.close_results(*result_file)
 
   summary = _summarize(task, path, problems, counts.tokens)
   longest = ("" if summary["longest_inputs"] is None else

@@ -21,18 +21,18 @@ the kept parameters):
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 from collections.abc import Sequence
 
 import gin
+from etils import epath
 
 from ttc import checkpointing, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.errors import UserError
 from ttc.revision import data
-from ttc.train import trainer
+from ttc.train import metrics, trainer
 from ttc.verifiers import labeling
 
 TRAIN_CHECKPOINTS = "train_checkpoints"
@@ -182,7 +182,7 @@ def _check_args(num_steps, batch_size, eval_every, inputs_length, targets_length
 
 def _file_sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -282,7 +282,7 @@ def train_revision(workdir: str, task=gin.REQUIRED, data_file: str = "revision_d
               "eval_every": eval_every, "validation_percent": validation_percent,
               "keep_past_minimum": keep_past_minimum, "inputs_length": inputs_length,
               "targets_length": targets_length, "seed": seed}
-  resumable.pin_settings(out, settings, resuming=os.path.exists(out),
+  resumable.pin_settings(out, settings, resuming=epath.Path(out).exists(),
                          rename_hint=f"set {STAGE}.output_dir to another directory")
   revision_task = data.register_revision_task(f"{task.name}_revision", data_path, task,
                                               validation_percent)
@@ -298,7 +298,7 @@ def train_revision(workdir: str, task=gin.REQUIRED, data_file: str = "revision_d
                 init_from=workdir, eval_every=eval_every, eval_hook=keeper,
                 checkpoint_dir=TRAIN_CHECKPOINTS, stage=STAGE)
     evaluations = [(r["step"], r["val_loss"])
-                   for r in trainer.read_metrics(os.path.join(out, "metrics.jsonl"))
+                   for r in metrics.read_metrics(os.path.join(out, metrics.FILE))
                    if "val_loss" in r]
     selection = select_checkpoint(evaluations, keep_past_minimum)
     keeper.finish(selection.step)
@@ -307,8 +307,7 @@ def train_revision(workdir: str, task=gin.REQUIRED, data_file: str = "revision_d
 
   summary = _summary(task, data_file, split_examples, longest_inputs, longest_targets,
                      num_steps, evaluations, selection)
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  resumable.write_json(os.path.join(out, "summary.json"), summary)
   print(f"{STAGE}: {split_examples['train']} train / {split_examples['validation']} "
         f"validation examples, {num_steps} steps; {selection.reason} -> "
         f"{os.path.join(out, workdir_lib.CHECKPOINTS)}")

@@ -37,7 +37,6 @@ the intervals suggest.
 """
 
 import collections
-import json
 import math
 import os
 
@@ -319,7 +318,7 @@ def plot_positions(tables: dict, path: str, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  resumable.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -339,7 +338,7 @@ def plot_budget(tables: dict, path: str, title: str = "") -> None:
   if title:
     ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  resumable.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -362,7 +361,7 @@ def plot_splits(tables: dict, path: str, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
-  fig.savefig(path, dpi=120)
+  resumable.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -378,8 +377,7 @@ def report(chains_path: str, results_path: str) -> dict:
   tables = summarize(lines, records)
   print(format_tables(tables))
   stem = os.path.splitext(results_path)[0]
-  with open(f"{stem}_tables.json", "w") as f:
-    json.dump(to_json(tables), f, indent=1)
+  resumable.write_json(f"{stem}_tables.json", to_json(tables))
   name = os.path.basename(results_path)
   plot_positions(tables, f"{stem}_positions.png", title=f"{name}: revisions by position")
   plot_budget(tables, f"{stem}_budget.png", title=f"{name}: sequential vs parallel, 95% CI")

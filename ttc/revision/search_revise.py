@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
-from ttc import resumable, workdir as workdir_lib
+from ttc import multihost, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import samplers
 from ttc.errors import UserError
@@ -132,6 +133,7 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
   how many chains one revision sampling call decodes.
   Returns the accuracy table {method: {budget: (mean, low, high)}}.
   """
+  multihost.require_one_process("search_revise_sweep")
   task = task_lib.get(task)
   if not 0 < search_share < 1:
     raise UserError(f"search_revise_sweep.search_share must be in (0, 1), got {search_share}")
@@ -152,7 +154,7 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
                       "lower search_share")
     plans[budget] = config
   for name, path in (("revision model", revision_model), ("PRM", prm_dir), ("ORM", orm_dir)):
-    if not os.path.exists(os.path.join(workdir, path)):
+    if not epath.Path(workdir, path).exists():
       raise UserError(f"search_revise_sweep: the {name} {os.path.join(workdir, path)} is "
                       "not there; run its stage first (see configs/arith/study.gin)")
   problems = sorted(task.select(split, max_problems_per_level), key=lambda p: p.level)
@@ -171,7 +173,7 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
         max_step_tokens=max_step_tokens, rows_per_batch=rows_per_batch,
         rows_per_call=rows_per_call, search_method=search_method, search_share=search_share,
         revision_model=revision_model, prm_dir=prm_dir, orm_dir=orm_dir,
-        **base.describe()), os.path.exists(path), "set search_revise_sweep.results_file to a "
+        **base.describe()), epath.Path(path).exists(), "set search_revise_sweep.results_file to a "
         "new name")
     programs = search_sweep_lib.SearchPrograms(search_sweep_lib.task_policy(task, base),
                                                PrmCallbacks(prm_model), base.params, prm_params)

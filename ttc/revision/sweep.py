@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
-from ttc import resumable, workdir as workdir_lib
+from ttc import multihost, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
@@ -247,6 +248,7 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
   Returns the tables of `ttc.revision.report.summarize` (also printed, written as JSON
   and drawn beside the results file).
   """
+  multihost.require_one_process("revision_sweep")
   task = task_lib.get(task)
   _check(budgets, seeds, max_problems_per_level, temperature, max_new_tokens, rows_per_call,
          orm_batch_size)
@@ -255,7 +257,7 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
   max_budget = max(budgets)
   rules = ("maj", "hier", "flat") if orm_dir else ("maj",)
   policy_path = os.path.join(workdir, policy) if policy else ""
-  if policy and not os.path.exists(policy_path):
+  if policy and not epath.Path(policy_path).exists():
     raise UserError(f"revision model {policy_path} not found: run train_revision first, or set "
                     "revision_sweep.policy to a checkpoint ('' = the work dir's own policy)")
   problems = task.select(split, max_problems_per_level)
@@ -284,11 +286,11 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
                        max_budget=max_budget, orm_dir=orm_dir, texts_file=texts_file),
                 **loaded.describe(), "policy": policy}
     hint = "set revision_sweep.chains_file, texts_file and results_file to new names"
-    resumable.pin_settings(chains_path, settings, os.path.exists(chains_path), hint)
+    resumable.pin_settings(chains_path, settings, epath.Path(chains_path).exists(), hint)
     resumable.pin_settings(results_path, {**settings, "chains_file": chains_file},
-                           os.path.exists(results_path), hint)
+                           epath.Path(results_path).exists(), hint)
     # Chains written before a kill (or budgets added since) may lack their records.
-    if os.path.exists(chains_path):
+    if epath.Path(chains_path).exists():
       _append_records(results_path, report.read_chains(chains_path), budgets, rules,
                       results_done)
     sampler = samplers.Temperature(jnp.float32(temperature))

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import gin
 import jax
 import jax.numpy as jnp
+from etils import epath
 
-from ttc import resumable, workdir as workdir_lib
+from ttc import multihost, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import samplers
 from ttc.errors import UserError
@@ -126,16 +127,18 @@ def label_revision_orm(workdir: str, task=gin.REQUIRED, revision_model: str = RE
     raise UserError("label_revision_orm.num_questions and temperature must be >= 0")
   problems = task.select_in_turns(split, num_questions)
   path = os.path.join(workdir, labels_file)
-  done = resumable.repair(path, lambda line, n: labeling.parse_line(line, path, n),
-                          lambda record: record["uid"], labeling.DAMAGED_HINT)
+  # With several processes each appends its chunks to a part file, merged at the end.
+  result_file = (path, lambda line, n: labeling.parse_line(line, path, n),
+                 lambda record: record["uid"], labeling.DAMAGED_HINT)
+  own, done = multihost.open_results(*result_file)
   settings = dict(task=task.name, split=split, num_chains=num_chains,
                   chain_length=chain_length, temperature=temperature,
                   max_new_tokens=max_new_tokens, seed=seed)
-  with workdir_lib.device_context() as devices:
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     model_dir = os.path.join(workdir, revision_model)
     policy = workdir_lib.load_policy(model_dir, devices)
     # train_orm starts from the policy the settings name: the revision model.
-    resumable.pin_settings(path, {**settings, **policy.describe()}, os.path.exists(path),
+    resumable.pin_settings(path, {**settings, **policy.describe()}, epath.Path(path).exists(),
                            "set label_revision_orm.labels_file to a new name")
     sampler = samplers.Temperature(jnp.float32(temperature))
     key = jax.random.key(seed)
@@ -147,8 +150,9 @@ def label_revision_orm(workdir: str, task=gin.REQUIRED, revision_model: str = RE
                                  rows_per_call=rows_per_call)
       return _records(task, policy.codec, chains)
 
-    resumable.append_in_chunks(path, problems, questions_per_chunk, done, chunk_records,
+    resumable.append_in_chunks(own, problems, questions_per_chunk, done, chunk_records,
                                f"revision ORM labels {split}")
+  multihost.close_results(*result_file)
   uids = {p.uid for p in problems}
   samples = [s for r in labeling.read_labels(path) if r["uid"] in uids for s in r["samples"]]
   summary = {"path": path, "questions": len(uids), "attempts": len(samples),

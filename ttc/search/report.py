@@ -10,6 +10,7 @@ import os
 import gin
 import numpy as np
 
+from ttc import resumable
 from ttc.search import results
 
 
@@ -45,7 +46,7 @@ def plot(records, path: str, title: str = "", group: str = "level",
   if title:
     fig.suptitle(title)
   fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
-  fig.savefig(path, dpi=120)
+  resumable.save_figure(fig, path)
   plt.close(fig)
 
 

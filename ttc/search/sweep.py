@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
-from ttc import resumable, workdir as workdir_lib
+from ttc import multihost, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import samplers, sampling
 from ttc.errors import UserError
@@ -173,9 +174,12 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
   problems = task.select(split, max_problems_per_level)
   problems = sorted(problems, key=lambda p: p.level)  # stable: file order within a level
   path = os.path.join(workdir, results_file)
-  done = resumable.repair(path, lambda line, n: results.parse_line(line, path, n),
-                          results.record_key, results.HINT)
-  with workdir_lib.device_context() as devices:
+  # With several processes each runs every count-th batch into a part file (merged at
+  # the end); a batch draws from batch_key, whichever process runs it.
+  result_file = (path, lambda line, n: results.parse_line(line, path, n), results.record_key,
+                 results.HINT)
+  own, done = multihost.open_results(*result_file)
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     loaded = workdir_lib.load_policy(policy, devices, workdir)
     if verifier == "prm":
       prm_model, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir),
@@ -191,13 +195,14 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
         task=task.name, split=split, max_problems_per_level=max_problems_per_level,
         temperature=temperature, max_solution_tokens=max_solution_tokens,
         max_step_tokens=max_step_tokens, max_rounds=max_rounds, rows_per_batch=rows_per_batch,
-        prm_dir=prm_dir, verifier=verifier, **loaded.describe()), os.path.exists(path),
+        prm_dir=prm_dir, verifier=verifier, **loaded.describe()), epath.Path(path).exists(),
         "set search_sweep.results_file to a new name")
     programs = SearchPrograms(task_policy(task, loaded), prm, loaded.params, prm_params)
     sampler = samplers.Temperature(jnp.float32(temperature))
     prompt_ids = {p.uid: loaded.codec.encode_prompt(task.prompt(p), task.chat)
                   for p in problems}
     todo = [(seed, name, budget) for seed in seeds for name in method_names for budget in budgets]
+    unit = -1  # the batch's index over the whole sweep, which multihost deals out
     with tqdm.tqdm(total=len(todo) * len(problems), desc=f"search {split}", unit="problem",
                    disable=None) as progress:
       for seed, name, budget in todo:
@@ -206,14 +211,16 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
         for index, start in enumerate(range(0, len(problems), per_batch)):
           batch = problems[start:start + per_batch]
           missing = [(p.uid, name, budget, seed) not in done for p in batch]
-          if any(missing):
+          unit += 1
+          if multihost.owns(unit) and any(missing):
             rows = run_batch(programs, config, task, loaded.codec, batch,
                              [prompt_ids[p.uid] for p in batch],
                              batch_key(seed, name, budget, index), sampler)
-            resumable.append_lines(path, [
+            resumable.append_lines(own, [
                 {"uid": p.uid, "level": p.level, "method": name, "budget": budget,
                  "seed": seed, **row} for p, row, new in zip(batch, rows, missing) if new])
           progress.update(len(batch))
+  multihost.close_results(*result_file)
 
   records = results.read_results(path)
   table = results.accuracy_table(records)

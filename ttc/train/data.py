@@ -1,7 +1,6 @@
 """Training batches from seqio, deterministic and resumable by position."""
 
 import gin
-import jax
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -20,8 +19,8 @@ def train_batches(task_name: str, batch_size: int, inputs_length: int, targets_l
                   seed: int, start_batch: int = 0, split: str = "train"):
   """Endless iterator of this host's numpy batches, dicts of [batch, inputs+targets] arrays.
 
-  On several hosts each reads a disjoint shard of the examples (`batch_size` is then
-  the per-host batch).
+  The global batch: every process reads the same stream and places its own rows
+  (`ttc.multihost.global_batch`).
 
   Keys: `KEYS` (positions and segment ids describe the packing). The order
   is a pure function of `seed`; `start_batch` skips that many batches, which is how a
@@ -34,9 +33,7 @@ def train_batches(task_name: str, batch_size: int, inputs_length: int, targets_l
     ds = seqio.get_dataset(
         task_name, task_feature_lengths={"inputs": inputs_length, "targets": targets_length},
         dataset_split=split, shuffle=True, num_epochs=None, seed=seed,
-        feature_converter=FEATURE_CONVERTER,
-        shard_info=(seqio.ShardInfo(jax.process_index(), jax.process_count())
-                    if jax.process_count() > 1 else None))
+        feature_converter=FEATURE_CONVERTER)
   except ValueError as e:  # e.g. an empty or unknown split, raised by the task's source
     raise UserError(str(e).splitlines()[0]) from e
   options = tf.data.Options()

@@ -16,12 +16,13 @@ sigmoid(value logit):
 10% of the questions (by uid hash) are held out; the held-out loss is measured
 every `eval_every` steps and training stops after `patience` measurements without
 improvement. The parameters of the best measurement are kept in `<output>/best`,
-which is what `reward_model.load` reads. A run killed at any point resumes from
-its last checkpoint and continues exactly (data order is a function of the step).
+which is what `reward_model.load` reads. Each measurement is a line of
+`<output>/metrics.jsonl` and TensorBoard scalars beside it (`ttc.train.metrics`). A
+run killed at any point resumes from its last checkpoint and continues exactly (data
+order is a function of the step).
 """
 
 import dataclasses
-import json
 import os
 import re
 import time
@@ -33,11 +34,12 @@ import numpy as np
 import optax
 import seqio
 import tqdm
+from etils import epath
 
-from ttc import checkpointing, partitioning, resumable, workdir as workdir_lib
+from ttc import checkpointing, multihost, partitioning, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.errors import UserError
-from ttc.train import optimizer, trainer
+from ttc.train import metrics, optimizer, trainer
 from ttc.verifiers import labeling, reward_model
 
 
@@ -177,19 +179,16 @@ def value_loss(model, params, batch, deterministic=True, dropout_key=None):
   return (losses * batch["weight_MxS"]).sum() / jnp.maximum(count, 1.0), count
 
 
-def _early_stopping_state(metrics_path: str):
-  """(best held-out loss, its step, measurements since) from the metrics log."""
+def _early_stopping_state(logged: list[dict]):
+  """(best held-out loss, its step, measurements since) from the metrics logged."""
   best, best_step, since = np.inf, 0, 0
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      for line in f:
-        record = json.loads(line)
-        if "val_loss" not in record:
-          continue
-        if record["val_loss"] < best:
-          best, best_step, since = record["val_loss"], record["step"], 0
-        else:
-          since += 1
+  for record in logged:
+    if "val_loss" not in record:
+      continue
+    if record["val_loss"] < best:
+      best, best_step, since = record["val_loss"], record["step"], 0
+    else:
+      since += 1
   return best, best_step, since
 
 
@@ -212,7 +211,7 @@ def _backbone(workdir: str, backbone: str, policy: str,
   if not backbone:
     return policy, policy_checkpoint
   under = os.path.join(workdir, backbone)
-  source = under if os.path.exists(under) else backbone
+  source = under if epath.Path(under).exists() else backbone
   checkpoint = workdir_lib.open_checkpoint(source)
   reads = lambda c: (c.vocab_size, c.eos_id, c.token_texts)
   if reads(checkpoint.codec) != reads(policy_checkpoint.codec):
@@ -230,7 +229,7 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
   """
   task = task_lib.get(task)
   out = os.path.join(workdir, output_dir)
-  labels_path = os.path.abspath(os.path.join(workdir, labels_file))
+  labels_path = resumable.absolute(os.path.join(workdir, labels_file))
   labeling.read_labels(labels_path)  # one clear error for a missing or damaged file, first
   policy = _labels_policy(labels_path, task)
   # One seqio task per labels file; seqio names allow only word characters.
@@ -271,9 +270,9 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     else:
       state, _ = restored
     start_step = int(state.step)
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    trainer.truncate_metrics(metrics_path, start_step)
-    best, best_step, since = _early_stopping_state(metrics_path)
+    # Lines past the restored step go: this run logs those steps again.
+    metrics_log = metrics.MetricsWriter(out, start_step)
+    best, best_step, since = _early_stopping_state(metrics_log.logged)
 
     def train_step(state, batch):
       key = jax.random.fold_in(jax.random.key(training.seed), state.step)
@@ -295,7 +294,7 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
         rows = np.arange(begin, begin + training.batch_size)
         batch = val_ex.take(np.minimum(rows, len(val_ex) - 1))
         batch["weight_MxS"] = batch["weight_MxS"] * (rows < len(val_ex))[:, None]
-        loss, n = eval_fn(params, batch)
+        loss, n = eval_fn(params, multihost.global_batch(batch, batch_sharding))
         total, count = total + float(loss) * float(n), count + float(n)
       return total / max(count, 1.0)
 
@@ -303,12 +302,13 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
                          unit="step", dynamic_ncols=True, disable=None)
     stopped_early = since >= training.patience
     step = start_step
-    with open(metrics_path, "a") as metrics_file:
+    with metrics_log:
       started = time.perf_counter()
       while step < training.num_steps and not stopped_early:
         batch = train_ex.take(batch_rows(step, training.batch_size, len(train_ex),
                                          training.seed))
-        state, loss = step_fn(state, batch)
+        # Every process holds the examples; each places the rows its devices hold.
+        state, loss = step_fn(state, multihost.global_batch(batch, batch_sharding))
         step += 1
         progress.update(1)
         if step % training.eval_every and step != training.num_steps:
@@ -317,8 +317,7 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
         record = {"step": step, "loss": float(loss), "val_loss": val_loss,
                   "learning_rate": float(schedule(step - 1)),
                   "seconds": time.perf_counter() - started}
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
+        metrics_log.write(record)
         progress.set_postfix(loss=f"{float(loss):.4f}", val=f"{val_loss:.4f}")
         if val_loss < best:
           best, best_step, since = val_loss, step, 0
@@ -338,8 +337,7 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
              "train_solutions": len(train_ex), "validation_solutions": len(val_ex),
              "steps": step, "best_step": best_step, "best_val_loss": best,
              "stopped_early": bool(stopped_early)}
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  resumable.write_json(os.path.join(out, "summary.json"), summary)
   print(f"{kind}: {summary['train_solutions']} train / {summary['validation_solutions']} "
         f"held-out solutions, {step} steps, best held-out loss {best:.4f} at step {best_step}"
         + (" (stopped early)" if stopped_early else ""))

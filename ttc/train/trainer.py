@@ -12,7 +12,6 @@ checkpointing belong to the stage, through an `EvalHook`.
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Optional, Protocol, Sequence
@@ -30,9 +29,9 @@ import tqdm
 from ttc.errors import UserError
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
-from ttc import checkpointing, partitioning, workdir as workdir_lib
+from ttc import checkpointing, multihost, partitioning, workdir as workdir_lib
 from ttc.data import task as task_lib
-from ttc.train import data, optimizer
+from ttc.train import data, metrics as metrics_lib, optimizer
 
 
 @flax.struct.dataclass
@@ -91,72 +90,32 @@ def abstract_state(model, tx, mesh, rules):
   return abstract, shardings, init
 
 
-def truncate_metrics(path: str, last_step: int):
-  """Drops metric lines past the restored step, so a resumed log has no duplicates."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip()]
-  kept = []
-  for line in lines:
-    try:
-      if json.loads(line)["step"] <= last_step:
-        kept.append(line)
-    except (json.JSONDecodeError, KeyError):
-      pass  # a line cut by kill -9
-  with open(path, "w") as f:
-    f.writelines(kept)
-
-
-def read_metrics(path: str) -> list[dict]:
-  """The records of a metrics.jsonl (none if it is missing), skipping a line cut by kill -9."""
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass
-  return records
-
-
 # ----------------------------------------------------------------------------- held-out loss
 
 
 def held_out_batches(task_name: str, batch_size: int, inputs_length: int, targets_length: int,
                      split: str) -> list[dict]:
-  """This host's batches of one pass over a seqio split, packed as for training.
+  """The global batches of one pass over a seqio split, packed as for training.
 
   Returns numpy dicts of `data.KEYS`, each [batch_size, inputs_length + targets_length],
   in a fixed order (no shuffling); the last batch is filled up with empty rows (zero
-  loss weight). On several hosts each reads its shard, and hosts with fewer batches
-  add empty ones, so all run the same number of (collective) eval steps.
+  loss weight). Every process reads the same batches (`multihost.global_batch` places
+  each one's rows).
   """
-  multihost = jax.process_count() > 1
   try:
     ds = seqio.get_dataset(
         task_name, task_feature_lengths={"inputs": inputs_length, "targets": targets_length},
-        dataset_split=split, shuffle=False, num_epochs=1, feature_converter=data.FEATURE_CONVERTER,
-        shard_info=(seqio.ShardInfo(jax.process_index(), jax.process_count())
-                    if multihost else None))
+        dataset_split=split, shuffle=False, num_epochs=1, feature_converter=data.FEATURE_CONVERTER)
   except ValueError as e:  # e.g. a task without this split
     raise UserError(str(e).splitlines()[0]) from e
   batches = []
   for batch in ds.batch(batch_size).as_numpy_iterator():
     missing = batch_size - len(batch["decoder_segment_ids"])
     batches.append({k: np.pad(batch[k], [(0, missing), (0, 0)]) for k in data.KEYS})
-  count = len(batches)
-  if multihost:
-    from jax.experimental import multihost_utils
-    count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
-  if not count:
+  if not batches:
     raise UserError(f"split {split!r} of seqio task {task_name} is empty; the held-out loss "
                     "needs examples there")
-  empty = {k: np.zeros((batch_size, inputs_length + targets_length), np.int32)
-           for k in data.KEYS}
-  return batches + [empty] * (count - len(batches))
+  return batches
 
 
 def make_eval_step(model: Transformer):
@@ -229,7 +188,8 @@ def fit(workdir: str, task, *, num_steps: int, batch_size: int, inputs_length: i
   `checkpoint_every` steps, at each held-out measurement and at the end) and
   `<workdir>/metrics.jsonl` (one JSON line every `log_every` steps, at each measurement
   and at the end: step, loss and token_accuracy of that step's batch, grad_norm,
-  learning_rate, tokens_per_s; plus val_loss at measurements).
+  learning_rate, tokens_per_s; plus val_loss at measurements) and the same as
+  TensorBoard scalars beside it (`ttc.train.metrics`).
 
   Args:
     task: a `ttc.data.task.Task` or registered task name; the seqio task of the same
@@ -265,10 +225,6 @@ def fit(workdir: str, task, *, num_steps: int, batch_size: int, inputs_length: i
     raise UserError(f"{stage}.batch_size={batch_size} must be a multiple of the {batch_shards} "
                     f"devices the batch is split over (make_mesh.data x fsdp); set "
                     f"--gin.{stage}.batch_size={-(-batch_size // batch_shards) * batch_shards}")
-  if batch_size % jax.process_count():
-    raise UserError(f"{stage}.batch_size={batch_size} must divide by the "
-                    f"{jax.process_count()} hosts")
-  host_batch = batch_size // jax.process_count()
   task_name = task_lib.get(task).name  # a name builds its task (and seqio task) first
   if init_from:
     _check_init_config(init_from, model_config, stage)
@@ -291,20 +247,21 @@ def fit(workdir: str, task, *, num_steps: int, batch_size: int, inputs_length: i
     else:
       state, batches_consumed = restored
     start_step = int(state.step)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    truncate_metrics(metrics_path, start_step)
+    # Lines past the restored step go: this run logs those steps again.
+    metrics_log = metrics_lib.MetricsWriter(workdir, start_step)
     if eval_hook is not None:
-      eval_hook.resume(start_step, [(r["step"], r["val_loss"]) for r in read_metrics(metrics_path)
+      eval_hook.resume(start_step, [(r["step"], r["val_loss"]) for r in metrics_log.logged
                                     if "val_loss" in r])
 
-    # Data, from where the checkpoint left off. Each host reads its own shard of the
-    # global batch; the shards are assembled into one array over the mesh.
-    batches = data.train_batches(task_name, host_batch, inputs_length, targets_length, seed,
+    # Data, from where the checkpoint left off. Every process reads the global batch
+    # stream and places the rows its devices hold, so a step sees the batch a
+    # one-process run sees (`ttc.multihost`).
+    batches = data.train_batches(task_name, batch_size, inputs_length, targets_length, seed,
                                  start_batch=batches_consumed)
     batch_sharding = partitioning.logical_to_sharding(
         ("activation_batch", "activation_length"), mesh, rules)
-    to_global = lambda batch: jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
+    to_global = lambda batch: multihost.global_batch(
+        batch, {k: batch_sharding for k in batch})
 
     step_fn = jax.jit(make_train_step(model, tx, schedule, seed),
                       in_shardings=(shardings, batch_sharding),
@@ -312,7 +269,7 @@ def fit(workdir: str, task, *, num_steps: int, batch_size: int, inputs_length: i
                       donate_argnums=(0,))
     held_out = None
     if eval_every and start_step < num_steps:
-      held_out = held_out_batches(task_name, host_batch, inputs_length, targets_length,
+      held_out = held_out_batches(task_name, batch_size, inputs_length, targets_length,
                                   eval_split)
       eval_fn = jax.jit(make_eval_step(model), in_shardings=(shardings.params, batch_sharding),
                         out_shardings=partitioning.replicated(mesh))
@@ -328,12 +285,12 @@ def fit(workdir: str, task, *, num_steps: int, batch_size: int, inputs_length: i
     progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=stage, unit="step",
                          dynamic_ncols=True, disable=None)
     tokens_since, time_since = 0, time.perf_counter()
-    with open(metrics_path, "a") as metrics_file:
+    with metrics_log:
       for step in range(start_step, num_steps):
         batch = next(batches)
         state, metrics = step_fn(state, to_global(batch))
         batches_consumed += 1
-        tokens_since += int((batch["decoder_segment_ids"] > 0).sum()) * jax.process_count()
+        tokens_since += int((batch["decoder_segment_ids"] > 0).sum())
         done, last = step + 1, step + 1 == num_steps
         measure = bool(eval_every) and (done % eval_every == 0 or last)
         if done % log_every == 0 or last or measure:
@@ -342,8 +299,7 @@ def fit(workdir: str, task, *, num_steps: int, batch_size: int, inputs_length: i
           metrics.update(step=done, tokens_per_s=tokens_since / elapsed)
           if measure:
             metrics["val_loss"] = held_out_loss(state.params)
-          metrics_file.write(json.dumps(metrics) + "\n")
-          metrics_file.flush()
+          metrics_log.write(metrics)
           progress.set_postfix(loss=f"{metrics['loss']:.3f}",
                                tok_s=f"{metrics['tokens_per_s']:.0f}",
                                **({"val": f"{metrics['val_loss']:.3f}"} if measure else {}))

@@ -23,7 +23,6 @@ Two runs with the same policy and seed but another `prm_dir` sample alike
 """
 
 import hashlib
-import json
 import os
 from typing import Optional
 
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc import stats, workdir as workdir_lib
+from ttc import resumable, stats, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import generation, samplers
 from ttc.errors import UserError
@@ -281,6 +280,5 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
       f"{k} {v:.3f}" for k, v in results["outcome_auroc"].items()))
   print("accuracy, 95% bootstrap intervals over problems:")
   print(metrics.format_accuracy_table(table))
-  with open(os.path.join(workdir, output_name or f"verifiers_{split}.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  resumable.write_json(os.path.join(workdir, output_name or f"verifiers_{split}.json"), results)
   return results

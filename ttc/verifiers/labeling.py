@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
-from ttc import resumable, workdir as workdir_lib
+from ttc import multihost, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib, vocab
 from ttc.decoding import generation, samplers
 from ttc.errors import UserError
@@ -242,22 +243,9 @@ def read_labels(path: str) -> list[dict]:
     UserError: missing file; a line cut mid-way, not JSON, or missing keys (naming the
       1-based line number); inconsistent labels of a sample; a repeated uid.
   """
-  if not os.path.exists(path):
-    raise UserError(f"PRM labels {path} not found; run label_prm first")
-  with open(path, "rb") as f:
-    data = f.read()
-  lines = data.split(b"\n")
-  records, seen = [], {}
-  for lineno, line in enumerate(lines[:-1], start=1):
-    record = parse_line(line, path, lineno, _RERUN_HINT)
-    if record["uid"] in seen:
-      raise UserError(f"{path} line {lineno}: uid {record['uid']} repeats line "
-                      f"{seen[record['uid']]}; {_RERUN_HINT}")
-    seen[record["uid"]] = lineno
-    records.append(record)
-  if lines[-1]:  # bytes after the last newline: a write cut by kill -9
-    raise UserError(f"{path} line {len(lines)} is cut mid-line (no newline); {_RERUN_HINT}")
-  return records
+  return resumable.read_records(path, lambda line, n: parse_line(line, path, n, _RERUN_HINT),
+                                "label_prm", "PRM labels", key=lambda r: f"uid {r['uid']}",
+                                hint=_RERUN_HINT)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -330,9 +318,11 @@ def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "t
     raise UserError("label_prm.num_questions and label_prm.temperature must be >= 0")
   problems = task.select_in_turns(split, num_questions)
   path = os.path.join(workdir, labels_file)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  done = resumable.repair(path, lambda line, n: parse_line(line, path, n, DAMAGED_HINT),
-                          lambda record: record["uid"], DAMAGED_HINT)
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  # With several processes each appends its chunks to a part file, merged at the end.
+  results = (path, lambda line, n: parse_line(line, path, n, DAMAGED_HINT),
+             lambda record: record["uid"], DAMAGED_HINT)
+  own, done = multihost.open_results(*results)
   # Settings whose change would mix incomparable labels in one file. batch_size and
   # questions_per_chunk only regroup the sampling: changing them on resume still gives
   # valid labels, though not bit-identical to a straight run.
@@ -341,19 +331,20 @@ def label_prm(workdir: str, task=gin.REQUIRED, policy: str = "", split: str = "t
                   max_new_tokens=max_new_tokens, seed=seed)
 
   counts = Counts()
-  with workdir_lib.device_context() as devices:
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     loaded = workdir_lib.load_policy(policy, devices, workdir)
     # The work dir's own policy is pinned as "", not by its path, so a moved work dir
     # still resumes.
     resumable.pin_settings(path, {**settings, **loaded.describe()},
-                           os.path.exists(path), "set label_prm.labels_file to a new name")
+                           epath.Path(path).exists(), "set label_prm.labels_file to a new name")
     run = Sampling(loaded, task, samplers.Temperature(jnp.float32(temperature)),
                     max_new_tokens, batch_size)
     key = jax.random.key(seed)
     resumable.append_in_chunks(
-        path, problems, questions_per_chunk, done,
+        own, problems, questions_per_chunk, done,
         lambda c, chunk: _label_chunk(run, chunk, jax.random.fold_in(key, c), num_solutions,
                                       num_rollouts, counts), f"label {split}")
+  multihost.close_results(*results)
 
   summary = _summarize(path, problems, counts)
   print(f"label_prm: {summary['questions']} questions of {task.name} {split}, "

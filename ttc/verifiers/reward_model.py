@@ -15,6 +15,7 @@ from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from etils import epath
 
 from ttc import checkpointing, partitioning, workdir as workdir_lib
 from ttc.errors import UserError
@@ -84,7 +85,7 @@ def load(directory: str, mesh, rules):
   `ttc.train.reward_training` (the parameters of the best held-out loss).
   """
   path = os.path.join(directory, workdir_lib.MODEL_CONFIG)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise UserError(f"{path} not found: train the reward model first (train_prm / train_orm)")
   config = dataclasses.replace(workdir_lib.load_model_config(directory), dropout_rate=0.0)
   model = RewardModel(config)
