@@ -23,7 +23,8 @@ import uuid
 import pytest
 import tensorflow as tf
 from etils import epath
-from etils.epath import backend as epath_backend, gpath
+from etils.epath import backend as epath_backend
+from etils.epath import gpath
 
 from tests.verifiers.conftest import write_policy_workdir
 from ttc import resumable
