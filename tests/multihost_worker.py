@@ -41,7 +41,7 @@ def main(workdir: str, num_processes: int, process_id: int, coordinator: str) ->
       functools.partial(reward_training.train_prm, task=TASK,
                         training=_settings(num_steps=4, eval_every=2, patience=10)),
       functools.partial(sweep.search_sweep, task=TASK, split="train",
-                        method_names=("best_of_n", "beam_m4"), budgets=(4,),
+                        method_names=("beam_m4",), budgets=(4,),
                         max_problems_per_level=2, max_solution_tokens=24, max_step_tokens=8,
                         rows_per_batch=8, prm_dir="prm_fixed", results_file="search.jsonl"),
   ]
