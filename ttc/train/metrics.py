@@ -20,11 +20,10 @@ import json
 import math
 import os
 
-import jax
 import tensorflow as tf
 from etils import epath
 
-from ttc import resumable
+from ttc import multihost, resumable
 
 FILE = "metrics.jsonl"
 EVENTS = "events.out.tfevents.*"  # the file names tf.summary writes
@@ -76,7 +75,7 @@ class MetricsWriter:
     kept = [(line, r) for line, r in _parse(data) if r["step"] <= start_step]
     self.logged = [r for _, r in kept]
     self._summary = None
-    if jax.process_index() != 0:
+    if not multihost.is_writer():  # one writer process (ttc.multihost)
       return
     text = b"".join(line + b"\n" for line, _ in kept)
     if text != data:
