@@ -11,7 +11,7 @@ import pytest
 from ttc.errors import UserError
 from ttc.models import gguf_loader, hf_reference
 
-from parity_utils import pad_prompts, torch_greedy, torch_logits, ttc_greedy, ttc_logits
+from tests.models.parity_utils import pad_prompts, torch_greedy, torch_logits, ttc_greedy, ttc_logits
 
 LOGIT_TOL = 1e-3  # float32 on both sides; 30 layers of differently ordered sums
 NUM_NEW = 32

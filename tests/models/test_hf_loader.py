@@ -14,7 +14,7 @@ from ttc.errors import UserError
 from ttc.models.hf_loader import load_hf
 from ttc import partitioning
 
-from parity_utils import torch_greedy, torch_logits, ttc_greedy, ttc_logits
+from tests.models.parity_utils import torch_greedy, torch_logits, ttc_greedy, ttc_logits
 
 LOGIT_TOL = 1e-4  # float32 on both sides
 NUM_NEW = 32

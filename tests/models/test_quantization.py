@@ -10,7 +10,7 @@ from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc import partitioning
 
-from parity_utils import ttc_greedy, ttc_logits
+from tests.models.parity_utils import ttc_greedy, ttc_logits
 
 # Stated tolerance of int8 weight-only SmolLM2-135M against its float32 weights, on
 # teacher-forced logits (their std is ~7): measured 1.33 max-abs, argmax identical.
