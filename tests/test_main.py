@@ -10,11 +10,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "--gin_file=configs/arith/quickstart.gin"
 
 
-def _run(*flags, workdir):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+def _run(*flags, workdir, cwd=REPO):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
   return subprocess.run([sys.executable, "-m", "ttc.main", *flags,
                          f"--gin.WORKDIR='{workdir}'"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _assert_one_error_line(result, *fragments):
@@ -34,6 +35,17 @@ def test_unknown_gin_binding(tmp_path):
 def test_missing_gin_file(tmp_path):
   result = _run("--gin_file=configs/arith/nope.gin", workdir=tmp_path)
   _assert_one_error_line(result, "not found", "nope.gin")
+
+
+def test_repo_configs_resolve_from_another_working_directory(tmp_path):
+  """With the repository on PYTHONPATH (a colab, a launcher) and the working directory
+  elsewhere, repo-relative gin files and their `include`s still resolve; a missing
+  one is still one error line."""
+  ran = _run(QUICK, "--gin.run.stages=[]", workdir=tmp_path / "run", cwd=tmp_path)
+  assert ran.returncode == 0, ran.stderr[-2000:]
+  assert (tmp_path / "run" / "config.gin").exists()
+  missing = _run("--gin_file=configs/arith/nope.gin", workdir=tmp_path / "run", cwd=tmp_path)
+  _assert_one_error_line(missing, "not found", "nope.gin")
 
 
 def test_unknown_flag(tmp_path):

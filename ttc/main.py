@@ -65,10 +65,35 @@ def _import_configurables():
   import ttc.stages  # noqa: F401
 
 
+def _guard_gin_package_reader():
+  """Makes gin's package-resource lookup answer "absent" for namespace packages.
+
+  gin tries each relative config path (`configs/arith/base.gin`, also in `include`
+  lines) as a file under the Python package `configs.arith`. With the repository on
+  sys.path and the working directory elsewhere, `configs` is a namespace package with
+  no origin, and gin's check raises TypeError before it reaches our search paths.
+  """
+  from gin import config as gin_config
+
+  def guarded(exists):
+    def exists_or_false(path):
+      try:
+        return exists(path)
+      except TypeError:
+        return False
+    exists_or_false.guarded = True
+    return exists_or_false
+
+  gin_config._FILE_READERS[:] = [
+      (read, exists if getattr(exists, "guarded", False) else guarded(exists))
+      for read, exists in gin_config._FILE_READERS]
+
+
 def parse_config(files, bindings, paths):
   import gin
 
   from ttc.errors import UserError
+  _guard_gin_package_reader()
   for path in [REPO_ROOT, *paths]:
     gin.add_config_file_search_path(path)
   for f in files:
