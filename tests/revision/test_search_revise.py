@@ -102,6 +102,9 @@ class FakePrograms:
   def __init__(self, policy, prm, policy_params, prm_params):
     self.codec = workdir_lib.char_codec()
 
+  def prepare(self, *args):
+    pass  # nothing to compile
+
   def __call__(self, config, prompts, lengths, live, rng, sampler):
     FakePrograms.calls.append((config.num_rows, int(live.sum())))
     draw = np.random.default_rng(np.asarray(jax.random.key_data(rng)).tolist())

@@ -293,3 +293,22 @@ def test_constant_verifier_sweep_records_distinct_prefixes(policy_only, capsys):
 def test_empty_sweeps_are_user_errors(tmp_path, overrides):
   with pytest.raises(UserError, match="search_sweep needs at least one seed"):
     sweep.search_sweep(str(tmp_path), task="arith_sft", **overrides)
+
+
+def test_a_batch_wall_time_leaves_out_compilation():
+  """`search_batch` compiles ahead (`prepare`), then times the run alone: a slow compile
+  must not land in the first batch's wall_s (it would inflate every first-batch cost)."""
+  import time
+
+  class SlowToCompile(sweep.SearchPrograms):
+    def __init__(self):
+      super().__init__(None, None, None, None)
+
+    def prepare(self, config, prompts, *args):
+      if (config, prompts.shape) not in self._compiled:
+        time.sleep(1.0)
+        self._compiled[(config, prompts.shape)] = lambda *a: np.zeros(prompts.shape[0])
+
+  result, wall = sweep.search_batch(SlowToCompile(), "config", [[1, 2, 3], [4]], None, None)
+  assert result.shape == (2,)
+  assert wall < 0.25, wall  # seconds per problem; compiling took 1 s

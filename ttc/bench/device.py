@@ -238,8 +238,8 @@ def check_search(policy: workdir_lib.Policy, task, *, problems: int, budget: int
   programs = sweep.SearchPrograms(sweep.task_policy(task, policy), ConstantCallbacks(),
                                   policy.params, None)
   prompts = [policy.codec.encode_prompt(task.prompt(p), task.chat) for p in chosen]
-  # Twice with one key: the first call compiles inside the sweep's timed region
-  # (`SearchPrograms` compiles on first use), so only the second one's device time counts.
+  # Twice with one key: the first run compiles (off the clock) and warms up; only the
+  # second one's device time counts.
   for _ in range(2):
     records = sweep.run_batch(programs, config, task, policy.codec, chosen, prompts,
                               sweep.batch_key(0, "best_of_n", budget, 0),
