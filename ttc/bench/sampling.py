@@ -1,7 +1,7 @@
 """Sampling throughput: ttc's `sample_n` against transformers' `generate`, same run.
 
     python -m ttc.bench.sampling [--models=tiny,smollm2] [--num_samples=1,16,64]
-        [--new_tokens=64] [--repeats=3] [--skip_hf]
+        [--new_tokens=64] [--repeats=3] [--skip_hf] [--decode_matmul=measure|packed|xla]
 
 For each model and N (samples of one prompt) it times G new tokens per sample,
 never stopping early (EOS disabled on both sides), with ancestral sampling at
@@ -32,7 +32,7 @@ import numpy as np
 
 from ttc.bench.common import REPO_ROOT, matmul_peak_flops, time_call
 from ttc.decoding import samplers, sampling
-from ttc.kernels import cpu_library, packed_matmul
+from ttc.kernels import cpu_library, matmul_choice, packed_matmul
 from ttc.models import hf_reference, quantization
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
@@ -121,6 +121,17 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
   return time_call(run, kernels, inputs, repeats=repeats) / steps
 
 
+def decode_matmul_used(config, rows) -> str:
+  """Which matmul decoding `rows` rows of `config` runs here, and on what grounds."""
+  if not (rows > 1 and packed_matmul.usable(config.activation_dtype, config.weight_dtype)):
+    return "XLA's dot (one row, or the packed kernel does not run here)"
+  if matmul_choice.decode_matmul() != "measure":
+    return f"{matmul_choice.decode_matmul()} (set by decode_matmul.choice)"
+  entry = matmul_choice.measured(config, rows)
+  seconds = ", ".join(f"{name} {s * 1e3:.2f} ms" for name, s in sorted(entry["seconds"].items()))
+  return f"{entry['choice']} (measured, weight matmuls per step: {seconds})"
+
+
 def hf_seconds(model, prompt, num_samples, new_tokens, repeats):
   import torch
   ids = torch.tensor([prompt])
@@ -145,14 +156,17 @@ def main():
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip_hf", action="store_true", help="ttc only (no torch needed)")
+  parser.add_argument("--decode_matmul", default="measure", choices=matmul_choice.CHOICES,
+                      help="the decode step's matmul: measured here (default) or forced")
   args = parser.parse_args()
+  gin.bind_parameter("decode_matmul.choice", args.decode_matmul)
   ns = [int(n) for n in args.num_samples.split(",")]
   g = args.new_tokens
   if not args.skip_hf:
     import torch
     torch.set_num_threads(os.cpu_count())
 
-  kernels = ("decode attention, packed-weight matmuls at N > 1"
+  kernels = ("decode attention; packed-weight matmuls at N > 1 where measured faster"
              if cpu_library.switched_on_here() else "off")
   # The machine's speed drifts over minutes, so the peak is measured again right
   # before each N's rows and their "of peak" uses that.
@@ -177,6 +191,7 @@ def main():
           hf_rate = n * g / hf_seconds(hf_model, prompt, n, g, args.repeats)
           print(f"{name:8} {'HF f32':7} {n:3d} {hf_rate:9.1f} "
                 f"{hf_rate * flops_per_token / peak:8.3f} {1.0:6.2f}", flush=True)
+        print(f"decode matmul at N = {n}: {decode_matmul_used(config, n)}", flush=True)
         for weights, (cfg, prm) in variants.items():
           rate = n * g / ttc_seconds(cfg, prm, prompt, n, g, args.repeats)
           ratio = f"{rate / hf_rate:6.2f}" if hf_rate else "     -"

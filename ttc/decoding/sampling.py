@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttc.decoding import samplers
-from ttc.kernels import packed_matmul
+from ttc.kernels import matmul_choice, packed_matmul
 from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 from ttc.models.transformer import PACKED, Transformer
 
@@ -180,9 +180,12 @@ def packs_weights(config, rows: int) -> bool:
   """Whether decoding `rows` rows of a `config` model packs its weights (see below).
 
   One row reads the weights at memory speed either way, so it keeps XLA's matmul;
-  so does any other backend, a mesh, or a non-float32 model.
+  so does any other backend, a mesh, or a non-float32 model. Elsewhere the faster of
+  the two on this CPU, for this model and row count, is used (`matmul_choice`:
+  measured once, cached on disk).
   """
-  return rows > 1 and packed_matmul.usable(config.activation_dtype, config.weight_dtype)
+  return (rows > 1 and packed_matmul.usable(config.activation_dtype, config.weight_dtype)
+          and matmul_choice.packed_is_faster(config, rows))
 
 
 def with_packed_weights(model: Transformer, variables, rows: int):

@@ -63,23 +63,37 @@ def _cpu_identity() -> str:
   return platform.machine() + "".join(lines)
 
 
-def build() -> pathlib.Path:
-  """Compiles the kernels (once per sources, flags, jax version and CPU); returns the library.
+def _compiler() -> str:
+  return os.environ.get("CXX", "c++")
 
-  Raises OSError or subprocess.CalledProcessError when no compiler can build it.
-  """
-  compiler = os.environ.get("CXX", "c++")
-  key = hashlib.sha256(b"\0".join([
+
+def library_key() -> str:
+  """Names one build: the sources, the compiler and flags, jax's version and the CPU.
+  Anything measured on the library (`ttc.kernels.matmul_choice`) is keyed by it too."""
+  return hashlib.sha256(b"\0".join([
       *(source.read_bytes() for source in _SOURCES + _HEADERS),
-      " ".join((compiler,) + _FLAGS).encode(),
+      " ".join((_compiler(),) + _FLAGS).encode(),
       jax.__version__.encode(), _cpu_identity().encode()])).hexdigest()[:16]
+
+
+def cache_dir() -> pathlib.Path:
+  """The writable directory the library (and what is measured on it) is kept in."""
   directory = _cache_dir()
   try:
     directory.mkdir(parents=True, exist_ok=True)
   except OSError:
     directory = pathlib.Path(tempfile.gettempdir()) / "ttc-kernels"
     directory.mkdir(parents=True, exist_ok=True)
-  library = directory / f"ttc_cpu_kernels-{key}.so"
+  return directory
+
+
+def build() -> pathlib.Path:
+  """Compiles the kernels (once per `library_key`); returns the library.
+
+  Raises OSError or subprocess.CalledProcessError when no compiler can build it.
+  """
+  compiler = _compiler()
+  library = cache_dir() / f"ttc_cpu_kernels-{library_key()}.so"
   if not library.exists():
     # Written aside and renamed: a process that dies mid-build, or two that build
     # at once, never leave a partial library under the final name.

@@ -1,6 +1,7 @@
 """Hyperparameters of the decoder-only transformer (Llama / Qwen2 family)."""
 
 import dataclasses
+import math
 
 import gin
 import jax.numpy as jnp
@@ -49,16 +50,25 @@ class ModelConfig:
   def weight_dtype(self):
     return jnp.dtype(self.param_dtype)
 
+  def layer_matmul_shapes(self) -> tuple[tuple[int, int], ...]:
+    """[inputs, outputs] of one layer's weight matmuls: q, k, v, o, gate, up, down."""
+    d, h, kv, hd, f = (self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim,
+                       self.mlp_dim)
+    return ((d, h * hd), (d, kv * hd), (d, kv * hd), (h * hd, d), (d, f), (d, f), (f, d))
+
+  @property
+  def output_matmul_shape(self) -> tuple[int, int]:
+    """[inputs, outputs] of the output projection (the embedding's transpose when tied)."""
+    return (self.embed_dim, self.vocab_size)
+
   def num_matmul_params(self) -> int:
     """Parameters touched by matmuls per token (the output projection included).
 
     The input embedding is a gather, not a matmul, so it is excluded; with tied
     embeddings the same matrix still counts once as the output projection.
     """
-    d, h, kv, hd = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim
-    attn = d * h * hd + 2 * d * kv * hd + h * hd * d
-    mlp = 3 * d * self.mlp_dim
-    return self.num_layers * (attn + mlp) + d * self.vocab_size
+    layer = sum(k * n for k, n in self.layer_matmul_shapes())
+    return self.num_layers * layer + math.prod(self.output_matmul_shape)
 
   def flops_per_token(self, context_len: int, training: bool) -> float:
     """Matmul FLOPs for one token: 2 per weight, plus attention scores and values.
