@@ -1,7 +1,6 @@
 """Tests for ttc/revision/search_revise.py (search, then revise its best solutions) and
 the `first` attempts of `chains.revise`."""
 
-import functools
 import json
 import types
 import zlib
@@ -15,6 +14,7 @@ from ttc.data import arith_task
 from ttc.errors import UserError
 from ttc.revision import chains as chains_lib, search_revise, verifier as verifier_lib
 from ttc.search import results, sweep as search_sweep_lib
+from tests.revision.test_sweep import one_device_context
 from tests.verifiers.conftest import write_policy_workdir, write_reward_model
 
 TASK = "search_revise_test"
@@ -153,7 +153,7 @@ def workdir(template, tmp_path, monkeypatch):
   monkeypatch.setattr(chains_lib, "revise", fake_revise)
   monkeypatch.setattr(verifier_lib, "score_chains", fake_scores)
   monkeypatch.setattr(workdir_lib, "device_context",
-                      functools.partial(workdir_lib.device_context, devices=jax.devices()[:1]))
+                      one_device_context(workdir_lib.device_context))
   FakePrograms.calls = []
   return shutil.copytree(template, tmp_path / "work")
 

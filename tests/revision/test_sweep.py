@@ -2,7 +2,6 @@
 derived from the chains file, kill -9 resume, pinned settings, the tables by hand."""
 
 import collections
-import functools
 import json
 import os
 import shutil
@@ -44,11 +43,17 @@ def workdir(template, tmp_path):
   return shutil.copytree(template, tmp_path / "work")
 
 
+def one_device_context(device_context):
+  """`device_context` over the first device unless given devices (a stage passes
+  `multihost.local_devices()`, None with one process)."""
+  return lambda devices=None: device_context(devices or jax.devices()[:1])
+
+
 @pytest.fixture
 def one_device(monkeypatch):
   """One CPU device: compiles and runs faster here than 8 fake ones sharing the CPU."""
   monkeypatch.setattr(workdir_lib, "device_context",
-                      functools.partial(workdir_lib.device_context, devices=jax.devices()[:1]))
+                      one_device_context(workdir_lib.device_context))
 
 
 def fake_revise(calls):
@@ -406,3 +411,37 @@ def test_budget_and_split_tables_pick_their_methods():
   assert {n: {k: iv[0] for k, iv in cells.items()} for n, cells in splits.items()} == {
       1: {(1, 1): 1.0}, 2: {(1, 2): 1.0, (2, 1): 0.0}}
   assert list(report.split_table(records, "maj")[2]) == [(1, 2), (2, 1)]
+
+
+def test_processes_split_the_batches_and_the_merged_files_equal_one_process(
+    template, tmp_path, task, fakes, monkeypatch):
+  """Two processes simulated one after the other, then a one-process rerun (as after a
+  kill): each process samples only its own batches, the rerun folds process 1's parts
+  in and samples nothing, and the texts, chains and records equal a one-process run's.
+  The real collectives are exercised by tests/test_multihost.py on the search sweep."""
+  from ttc import multihost
+  straight = shutil.copytree(template, tmp_path / "straight")
+  sweep.revision_sweep(str(straight), task=TASK, **SMALL)
+  one_process_calls = len(fakes)
+  split = shutil.copytree(template, tmp_path / "split")
+  per_process = []
+  with monkeypatch.context() as two:
+    two.setattr(multihost, "count", lambda: 2)
+    two.setattr(multihost, "barrier", lambda name: None)
+    for process in (0, 1):
+      two.setattr(multihost, "index", lambda process=process: process)
+      before = len(fakes)
+      sweep.revision_sweep(str(split), task=TASK, **SMALL)
+      per_process.append(len(fakes) - before)
+  assert per_process[0] > 0 and per_process[1] > 0
+  assert sum(per_process) == one_process_calls  # no batch sampled twice
+  assert list(split.glob("*.part-00001-of-00002"))  # process 1's, never merged by itself
+  before = len(fakes)
+  sweep.revision_sweep(str(split), task=TASK, **SMALL)
+  assert len(fakes) == before and not list(split.glob("*.part-*"))
+  for name, measured in (("revision_chains_test.jsonl", ("generate_s", "score_s")),
+                         ("revision_chains_test_texts.jsonl", ()),
+                         ("revisions_test.jsonl", ("wall_s",))):
+    got = _lines(split / name, measured)
+    assert got == _lines(straight / name, measured)
+    assert len(got) == len((split / name).read_text().splitlines())  # each once

@@ -37,7 +37,10 @@ scoring part). Unlike the search sweep's, it includes compilation, the first tim
 batch shape is seen, and host-side decoding.
 
 A batch draws from fold_in(fold_in(key(seed), C), batch index) only, so recomputing a
-batch after a kill gives the same lines; only the missing ones are appended.
+batch after a kill gives the same lines; only the missing ones are appended. With
+several processes (`ttc.multihost`) batches are dealt out round-robin; each process
+appends its texts and chains to part files that process 0 merges, and process 0 then
+derives the records from the merged chains: the files a one-process run writes.
 """
 
 import functools
@@ -248,7 +251,6 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
   Returns the tables of `ttc.revision.report.summarize` (also printed, written as JSON
   and drawn beside the results file).
   """
-  multihost.require_one_process("revision_sweep")
   task = task_lib.get(task)
   _check(budgets, seeds, max_problems_per_level, temperature, max_new_tokens, rows_per_call,
          orm_batch_size)
@@ -265,15 +267,21 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
   chains_path = os.path.join(workdir, chains_file)
   texts_path = os.path.join(workdir, texts_file) if texts_file else ""
   results_path = os.path.join(workdir, results_file)
-  chains_done = resumable.repair(
-      chains_path, lambda line, n: report.parse_chain_line(line, chains_path, n),
-      report.chain_key, report.HINT)
-  texts_done = resumable.repair(texts_path, lambda line, n: _parse_texts(line, texts_path, n),
-                                _texts_key, report.HINT) if texts_path else set()
-  results_done = resumable.repair(results_path,
-                                  lambda line, n: results.parse_line(line, results_path, n),
-                                  results.record_key, results.HINT)
-  with workdir_lib.device_context() as devices:
+  # With several processes each runs every count-th batch into part files of the texts
+  # and chains files, merged at the end (texts first, as they are written); the records
+  # are then derived from the merged chains by process 0 alone. A batch draws from
+  # _batch_key, whichever process runs it.
+  texts_file_ = (texts_path, lambda line, n: _parse_texts(line, texts_path, n), _texts_key,
+                 report.HINT)
+  chains_file_ = (chains_path, lambda line, n: report.parse_chain_line(line, chains_path, n),
+                  report.chain_key, report.HINT)
+  texts_own, texts_done = multihost.open_results(*texts_file_) if texts_path else ("", set())
+  chains_own, chains_done = multihost.open_results(*chains_file_)
+  records_live = multihost.count() == 1  # else written once the chains are merged
+  results_done = resumable.repair(
+      results_path, lambda line, n: results.parse_line(line, results_path, n),
+      results.record_key, results.HINT) if multihost.is_writer() else set()
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     loaded = workdir_lib.load_policy(policy_path, devices, workdir)
     orm = None
     if orm_dir:
@@ -290,11 +298,12 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
     resumable.pin_settings(results_path, {**settings, "chains_file": chains_file},
                            epath.Path(results_path).exists(), hint)
     # Chains written before a kill (or budgets added since) may lack their records.
-    if epath.Path(chains_path).exists():
+    if multihost.is_writer() and epath.Path(chains_path).exists():
       _append_records(results_path, report.read_chains(chains_path), budgets, rules,
                       results_done)
     sampler = samplers.Temperature(jnp.float32(temperature))
     todo = [(seed, c) for seed in seeds for c in chain_counts(max_budget)]
+    unit = -1  # the batch's index over the whole sweep, which multihost deals out
     with tqdm.tqdm(total=len(todo) * len(problems), desc=f"revise {split}", unit="problem",
                    disable=None) as progress:
       for seed, num_chains in todo:
@@ -302,7 +311,8 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
         for index, start in enumerate(range(0, len(problems), per_batch)):
           batch = problems[start:start + per_batch]
           missing = [(p.uid, num_chains, seed) not in chains_done for p in batch]
-          if any(missing):
+          unit += 1
+          if multihost.owns(unit) and any(missing):
             lines, texts = run_batch(
                 loaded, orm, task, batch, num_chains=num_chains,
                 length=max_budget // num_chains, seed=seed,
@@ -313,13 +323,22 @@ def revision_sweep(workdir: str, task=gin.REQUIRED, policy: str = verifier_lib.R
             if texts_path:
               new_texts = [t for t in texts if _texts_key(t) not in texts_done]
               if new_texts:
-                resumable.append_lines(texts_path, new_texts)
+                resumable.append_lines(texts_own, new_texts)
                 texts_done.update(map(_texts_key, new_texts))
             new = [line for line, m in zip(lines, missing) if m]
-            resumable.append_lines(chains_path, new)
+            resumable.append_lines(chains_own, new)
             chains_done.update(map(report.chain_key, new))
-            _append_records(results_path, new, budgets, rules, results_done)
+            if records_live:
+              _append_records(results_path, new, budgets, rules, results_done)
           progress.update(len(batch))
+  if texts_path:
+    multihost.close_results(*texts_file_)
+  multihost.close_results(*chains_file_)
+  if not records_live:
+    if multihost.is_writer():
+      _append_records(results_path, report.read_chains(chains_path), budgets, rules,
+                      results_done)
+    multihost.barrier(f"records {results_path}")
 
   print(f"revision_sweep: {task.name} {split}, policy {policy or workdir}, "
         f"{'ORM ' + orm_dir if orm_dir else 'no verifier'}: chains in {chains_path}, "
