@@ -160,11 +160,3 @@ def close_results(path: str, parse: Callable[[bytes, int], dict],
     _merge_parts(path, parse, key, hint)
   barrier(f"merged {path}")
 
-
-def require_one_process(stage: str) -> None:
-  """A UserError for a stage that does not split its work by process yet (its results
-  files are appended by every process otherwise)."""
-  if count() > 1:
-    raise UserError(f"{stage} runs on one process only; run it in a job without "
-                    f"run.distributed (the {count()} processes here would each append to "
-                    "its results)")

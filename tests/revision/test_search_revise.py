@@ -2,6 +2,7 @@
 the `first` attempts of `chains.revise`."""
 
 import json
+import shutil
 import types
 import zlib
 
@@ -148,7 +149,6 @@ def template(tmp_path_factory):
 
 @pytest.fixture
 def workdir(template, tmp_path, monkeypatch):
-  import shutil
   monkeypatch.setattr(search_sweep_lib, "SearchPrograms", FakePrograms)
   monkeypatch.setattr(chains_lib, "revise", fake_revise)
   monkeypatch.setattr(verifier_lib, "score_chains", fake_scores)
@@ -196,6 +196,33 @@ def test_lines_cover_every_split_and_resume_after_a_kill(workdir, task, capsys):
   with pytest.raises(UserError, match="search_revise_sweep.results_file"):
     search_revise.search_revise_sweep(str(workdir), **{**settings, "search_share": 0.25})
   assert "beam_m4_rev_c1_r2_maj" in capsys.readouterr().out
+
+
+def test_two_processes_split_the_batches_and_merge_to_one_process_lines(workdir, task,
+                                                                        monkeypatch):
+  """Processes 0 then 1, simulated one after the other, run disjoint batches; a
+  one-process rerun (as after a kill) folds process 1's part in, runs nothing, and the
+  file equals a one-process run's."""
+  from ttc import multihost
+  settings = dict(task=TASK, budgets=(4, 8), rows_per_batch=4, max_solution_tokens=16)
+  straight = shutil.copytree(workdir, workdir.parent / "straight")
+  search_revise.search_revise_sweep(str(straight), **settings)
+  one_process_calls = list(FakePrograms.calls)
+  FakePrograms.calls = []
+  with monkeypatch.context() as two:
+    two.setattr(multihost, "count", lambda: 2)
+    two.setattr(multihost, "barrier", lambda name: None)
+    for process in (0, 1):
+      two.setattr(multihost, "index", lambda process=process: process)
+      search_revise.search_revise_sweep(str(workdir), **settings)
+  assert sorted(FakePrograms.calls) == sorted(one_process_calls)  # each batch once
+  assert list(workdir.glob("*.part-00001-of-00002"))
+  FakePrograms.calls = []
+  search_revise.search_revise_sweep(str(workdir), **settings)
+  assert not FakePrograms.calls and not list(workdir.glob("*.part-*"))
+  path = "search_revise_test.jsonl"
+  assert _lines(workdir / path) == _lines(straight / path)
+  assert len((workdir / path).read_text().splitlines()) == len(_lines(straight / path))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -20,7 +20,9 @@ revisions'; prm_tokens = the PRM's tokens plus, for hier, the ORM's.
 
 Resuming after `kill -9`: a batch draws from a key derived from (seed, budget, batch
 index) only, its lines are appended with one write, and only missing lines are
-written; settings are pinned beside the file.
+written; settings are pinned beside the file. With several processes
+(`ttc.multihost`) batches are dealt out round-robin into part files that process 0
+merges: the file a one-process run writes.
 """
 
 import os
@@ -133,7 +135,6 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
   how many chains one revision sampling call decodes.
   Returns the accuracy table {method: {budget: (mean, low, high)}}.
   """
-  multihost.require_one_process("search_revise_sweep")
   task = task_lib.get(task)
   if not 0 < search_share < 1:
     raise UserError(f"search_revise_sweep.search_share must be in (0, 1), got {search_share}")
@@ -159,9 +160,12 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
                       "not there; run its stage first (see configs/arith/study.gin)")
   problems = sorted(task.select(split, max_problems_per_level), key=lambda p: p.level)
   path = os.path.join(workdir, results_file)
-  done = resumable.repair(path, lambda line, n: results.parse_line(line, path, n),
-                          results.record_key, results.HINT)
-  with workdir_lib.device_context() as devices:
+  # With several processes each runs every count-th batch into a part file, merged at
+  # the end; a batch draws from its (seed, method, budget, index) key, whoever runs it.
+  result_file = (path, lambda line, n: results.parse_line(line, path, n), results.record_key,
+                 results.HINT)
+  own, done = multihost.open_results(*result_file)
+  with workdir_lib.device_context(multihost.local_devices()) as devices:
     base = workdir_lib.load_policy(policy, devices, workdir)
     reviser = workdir_lib.load_policy(os.path.join(workdir, revision_model), devices, workdir)
     prm_model, prm_params = workdir_lib.load_reward_model(os.path.join(workdir, prm_dir),
@@ -180,6 +184,7 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
     sampler = samplers.Temperature(jnp.float32(temperature))
     prompt_ids = {p.uid: base.codec.encode_prompt(task.prompt(p), task.chat) for p in problems}
     todo = [(seed, budget) for seed in seeds for budget in plans]
+    unit = -1  # the batch's index over the whole sweep, which multihost deals out
     with tqdm.tqdm(total=len(todo) * len(problems), desc=f"search+revise {split}",
                    unit="problem", disable=None) as progress:
       for seed, budget in todo:
@@ -189,7 +194,9 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
         per_batch = max(1, rows_per_batch // config.num_rows)
         for index, start in enumerate(range(0, len(problems), per_batch)):
           batch = problems[start:start + per_batch]
-          if all((p.uid, n, budget, seed) in done for p in batch for n in names):
+          unit += 1
+          if not multihost.owns(unit) or all((p.uid, n, budget, seed) in done
+                                             for p in batch for n in names):
             progress.update(len(batch))
             continue
           lines = _run_batch(programs, config, task, base, reviser, orm, batch,
@@ -199,9 +206,10 @@ def search_revise_sweep(workdir: str, task=gin.REQUIRED, policy: str = "",
                              max_new_tokens=max_solution_tokens,
                              rows_per_call=rows_per_call, orm_batch_size=orm_batch_size)
           new = [line for line in lines if results.record_key(line) not in done]
-          resumable.append_lines(path, new)
+          resumable.append_lines(own, new)
           done.update(map(results.record_key, new))
           progress.update(len(batch))
+  multihost.close_results(*result_file)
   records = results.read_results(path, "search_revise_sweep")
   table = results.accuracy_table(records)
   print(f"search_revise_sweep: {task.name} {split}, {search_method} then revisions: "
