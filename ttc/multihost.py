@@ -32,7 +32,6 @@ import numpy as np
 from etils import epath
 
 from ttc import resumable
-from ttc.errors import UserError
 
 _PART = re.compile(r"\.part-(\d+)-of-(\d+)$")
 
