@@ -111,6 +111,16 @@ def _lines(path, drop=()):
                      sort_keys=True) for line in path.read_text().splitlines()}
 
 
+def _assert_same_files(got_dir, want_dir):
+  """The sweep's three files hold the same lines, each once, timing fields aside."""
+  for name, measured in (("revision_chains_test.jsonl", ("generate_s", "score_s")),
+                         ("revision_chains_test_texts.jsonl", ()),
+                         ("revisions_test.jsonl", ("wall_s",))):
+    got = _lines(got_dir / name, measured)
+    assert got == _lines(want_dir / name, measured)
+    assert len(got) == len((got_dir / name).read_text().splitlines())  # each once
+
+
 # ----------------------------------------------------------------------------- the grid
 
 
@@ -289,12 +299,7 @@ def test_a_cut_write_then_rerun_equals_a_straight_run(template, tmp_path, task, 
   assert not (resumed / cut).read_bytes().endswith(b"\n")
   monkeypatch.setattr(resumable, "append_lines", real)
   sweep.revision_sweep(str(resumed), task=TASK, **SMALL)
-  for name, measured in (("revision_chains_test.jsonl", ("generate_s", "score_s")),
-                         ("revision_chains_test_texts.jsonl", ()),
-                         ("revisions_test.jsonl", ("wall_s",))):
-    got = _lines(resumed / name, measured)
-    assert got == _lines(straight / name, measured)
-    assert len(got) == len((resumed / name).read_text().splitlines())  # each once
+  _assert_same_files(resumed, straight)
 
 
 def test_other_settings_are_refused_and_new_budgets_need_no_sampling(workdir, task, fakes):
@@ -439,9 +444,4 @@ def test_processes_split_the_batches_and_the_merged_files_equal_one_process(
   before = len(fakes)
   sweep.revision_sweep(str(split), task=TASK, **SMALL)
   assert len(fakes) == before and not list(split.glob("*.part-*"))
-  for name, measured in (("revision_chains_test.jsonl", ("generate_s", "score_s")),
-                         ("revision_chains_test_texts.jsonl", ()),
-                         ("revisions_test.jsonl", ("wall_s",))):
-    got = _lines(split / name, measured)
-    assert got == _lines(straight / name, measured)
-    assert len(got) == len((split / name).read_text().splitlines())  # each once
+  _assert_same_files(split, straight)
