@@ -112,6 +112,18 @@ def test_flops_matched_reads_bounds_and_missing_values():
   assert findings.flops_matched(allocation, "a.json")[0].verdict == "not run"
 
 
+def test_the_report_prints_the_flops_matched_table_it_was_given():
+  row = {"R": 0.16, "X": 138.4, "bin": 1, "small": 0.917, "small_kind": ">", "large": 0.922,
+         "small_minus_large": -0.005}
+  text = "\n".join(report._allocation_tables(
+      {"pools": {}, "flops_matched": {"m": 8.0, "pools": {"search": {"oracle": [row]}}}}))
+  assert "not run" not in text
+  assert "search, oracle bins: FLOPs-matched" in text and "8.0x larger" in text
+  assert "R=0.16  X= 138.4: 0.917>-0.922" in text
+  assert "not run: set compute_optimal.large_policy" in "\n".join(
+      report._allocation_tables({"pools": {}}))
+
+
 def test_cost_rows_count_policy_and_verifier_flops():
   records = [_line(0, "beam_m4", 4, True), _line(1, "beam_m4", 4, False)]
   records[1]["tokens_generated"] = 60  # mean 50 tokens, 44 PRM tokens per problem

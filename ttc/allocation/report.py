@@ -138,7 +138,7 @@ def _allocation_tables(allocation: dict) -> list[str]:
                  f"{g:.2f}x [{lo:.2f}, {hi:.2f}]"))
   out += [_md_table(("pool", "bins", "per budget (>= reached at the smallest budget, "
                      "<= never reached)", "geometric mean"), rows), ""]
-  matched = allocation.get("findings_lib.flops_matched")
+  matched = allocation.get("flops_matched")
   out += ["### FLOPs-matched (small model's compute-optimal vs a larger model's pass@1)", ""]
   if matched:
     out.append(_code("\n".join(compute_optimal.format_matched(f"{pool}, {kind} bins", rows,
