@@ -119,7 +119,7 @@ def test_the_report_prints_the_flops_matched_table_it_was_given():
       {"pools": {}, "flops_matched": {"m": 8.0, "pools": {"search": {"oracle": [row]}}}}))
   assert "not run" not in text
   assert "search, oracle bins: FLOPs-matched" in text and "8.0x larger" in text
-  assert "R=0.16  X= 138.4: 0.917>-0.922" in text
+  assert "R=0.16  X= 138.4: >=0.917/0.922" in text
   assert "not run: set compute_optimal.large_policy" in "\n".join(
       report._allocation_tables({"pools": {}}))
 

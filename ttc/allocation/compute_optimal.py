@@ -193,13 +193,14 @@ def _matched(table, c: Curves, large: dict, num_bins: int, inference_ratios) -> 
 
 def format_matched(name: str, rows: list[dict], m: float) -> str:
   """The FLOPs-matched table: a line per R, a column per bin."""
-  lines = [f"{name}: FLOPs-matched, small model's compute-optimal at X generations vs a "
-           f"{m:.1f}x larger model's pass@1 (small - large per bin; 'all' last)"]
+  lines = [f"{name}: FLOPs-matched, small model's compute-optimal at X generations / a "
+           f"{m:.1f}x larger model's pass@1, per bin, 'all' last ('>=': X is past the "
+           "small model's largest budget, so its value there is a lower bound)"]
   for r in sorted({row["R"] for row in rows}):
     cells = [row for row in rows if row["R"] == r]
     lines.append(f"  R={r:<5} X={cells[0]['X']:6.1f}: " + "  ".join(
-        f"{row['small']:.3f}{'' if row['small_kind'] == '=' else row['small_kind']}"
-        f"-{row['large']:.3f}" for row in cells))
+        f"{'>=' if row['small_kind'] == '>' else ''}{row['small']:.3f}/{row['large']:.3f}"
+        for row in cells))
   return "\n".join(lines)
 
 
