@@ -39,13 +39,10 @@ def test_missing_gin_file(tmp_path):
 
 def test_repo_configs_resolve_from_another_working_directory(tmp_path):
   """With the repository on PYTHONPATH (a colab, a launcher) and the working directory
-  elsewhere, repo-relative gin files and their `include`s still resolve; a missing
-  one is still one error line."""
+  elsewhere, repo-relative gin files and their `include`s still resolve."""
   ran = _run(QUICK, "--gin.run.stages=[]", workdir=tmp_path / "run", cwd=tmp_path)
   assert ran.returncode == 0, ran.stderr[-2000:]
   assert (tmp_path / "run" / "config.gin").exists()
-  missing = _run("--gin_file=configs/arith/nope.gin", workdir=tmp_path / "run", cwd=tmp_path)
-  _assert_one_error_line(missing, "not found", "nope.gin")
 
 
 def test_unknown_flag(tmp_path):
