@@ -107,8 +107,12 @@ def _step_timer(config, rows: int, packed: bool) -> Callable[[], float]:
   return seconds
 
 
-def _key(config, rows: int) -> str:
-  bucket = 1 << max(0, rows - 1).bit_length()
+def _bucket(rows: int) -> int:
+  """Rows rounded up to a power of two: one measurement serves a range of row counts."""
+  return 1 << max(0, rows - 1).bit_length()
+
+
+def _key(config, bucket: int) -> str:
   return (f"{cpu_library.library_key()} rows={bucket} layers={config.num_layers}x"
           f"{list(config.layer_matmul_shapes())} output={list(config.output_matmul_shape)}")
 
@@ -132,7 +136,8 @@ def _locked(directory):
 def measured(config, rows: int) -> dict:
   """{"choice": "packed" | "xla", "seconds": {name: best seconds of a step}} for decoding
   `rows` rows of a `config` model here, measured on first use (see the module doc)."""
-  key = _key(config, rows)
+  bucket = _bucket(rows)
+  key = _key(config, bucket)
   if key in _chosen:
     return _chosen[key]
   directory = cpu_library.cache_dir()
@@ -140,7 +145,6 @@ def measured(config, rows: int) -> dict:
   with _locked(directory):
     table = _read(path)
     if key not in table:
-      bucket = 1 << max(0, rows - 1).bit_length()
       # Concrete arrays and compiled programs, also when called while a decode
       # program is being traced.
       with jax.ensure_compile_time_eval():
