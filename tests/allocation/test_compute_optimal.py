@@ -71,6 +71,9 @@ def test_compute_optimal_finds_the_planted_4x_and_writes_its_files(workdir, caps
   assert (workdir / "allocation.png").stat().st_size > 10_000
   out = capsys.readouterr().out
   assert "geometric mean 2.52x" in out and "N=16: >=4.00x" in out
+  # Where a curve has no value (the probe takes all of N = 4) the table says "-".
+  online = [line.split() for line in out.splitlines() if line.startswith("online_probe4")]
+  assert online[0][1:3] == ["-", "0.600"] and "nan" not in out
 
 
 def test_a_pool_without_shared_questions_or_a_baseline_is_one_error(workdir):

@@ -216,8 +216,9 @@ def format_curves(name: str, c: Curves, baseline: str) -> str:
   for k, mean in c.accuracy.items():
     if all(np.isnan(mean)):
       continue
+    # A budget a curve has no value at (an on-line probe that takes all of it) is "-".
     lines.append(f"{k:<{width}}" + "".join(
-        f"{f'{m:.3f} [{lo:.3f}, {hi:.3f}]':<25}"
+        f"{'-' if np.isnan(m) else f'{m:.3f} [{lo:.3f}, {hi:.3f}]':<25}"
         for m, lo, hi in zip(mean, c.low[k], c.high[k])))
   ratios = [f"N={r.budget}: {efficiency.format_ratio(r)} "
             f"[{c.ratio_interval[r.budget][0]:.2f}, {c.ratio_interval[r.budget][1]:.2f}]"
