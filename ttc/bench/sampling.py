@@ -117,8 +117,8 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
       # Each matmul's input waits for the one before, as in a decode step: independent
       # matmuls would run side by side on XLA's thread pool, which a decode step never
       # does (at one row, SmolLM2, that ceiling read 38.8 tokens/s against 29.6 chained,
-      # two runs on 2 AMD EPYC cores). The running total also
-      # keeps any step's matmuls from being hoisted or skipped.
+      # two runs on 2 AMD EPYC cores). The running total also keeps any step's matmuls
+      # from being hoisted or skipped.
       for k, shape in zip(kernels, shapes):
         total = total + matmul(inputs[shape[0]] + total, k, shape)[0, 0] * 1e-30
       return total
@@ -205,7 +205,7 @@ def main():
                 f"{ratio}", flush=True)
         ceiling = n / weight_matmul_seconds(config, params, n, args.repeats)
         # A decode step's time beyond its weight matmuls (attention, norms, sampling over
-        # N x V logits, cache writes, the loop): 1 - float32 step time share of matmuls.
+        # N x V logits, cache writes, the loop) as a share of it: 1 - matmul time / step time.
         outside = 1.0 - rates["float32"] / ceiling
         print(f"{name:8} {'matmuls':7} {n:3d} {ceiling:9.1f} "
               f"{ceiling * flops_per_token / peak:8.3f}      -  "
