@@ -114,14 +114,9 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
   @jax.jit
   def run(kernels, inputs):
     def step(_, total):
-      # Each matmul's input waits for the one before, as in a decode step: independent
-      # matmuls would run side by side on XLA's thread pool, which a decode step never
-      # does (at one row, SmolLM2, that ceiling read 38.8 tokens/s against 29.6 chained,
-      # two runs on 2 AMD EPYC cores). The running total also keeps any step's matmuls
-      # from being hoisted or skipped.
-      for k, shape in zip(kernels, shapes):
-        total = total + matmul(inputs[shape[0]] + total, k, shape)[0, 0] * 1e-30
-      return total
+      return matmul_choice.one_after_another(
+          [lambda t, k=k, shape=shape: matmul(inputs[shape[0]] + t, k, shape)
+           for k, shape in zip(kernels, shapes)], total)
     return jax.lax.fori_loop(0, steps, step, jnp.float32(0))
   return time_call(run, kernels, inputs, repeats=repeats) / steps
 
