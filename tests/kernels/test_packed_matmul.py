@@ -52,13 +52,24 @@ def _pack(model, params):
 @pytest.mark.parametrize("overrides", [
     dict(tied_embeddings=True),  # the output projection from the embedding (SmolLM2)
     dict(qkv_bias=True),  # untied lm_head and biases (Qwen2)
+    # k and v of 8 columns and gate, up of 40: parts padded to whole panels inside the fused ones
+    dict(qkv_bias=True, num_kv_heads=1, mlp_dim=40),
 ])
 def test_forward_with_packed_weights_matches_xla_dot(overrides):
   model, params = _model(**overrides)
   packed = _pack(model, params)
   leaves = jax.tree_util.tree_leaves_with_path(packed)
   names = {jax.tree_util.keystr(path) for path, _ in leaves}
-  num_dense = 7 * model.config.num_layers + (0 if overrides.get("tied_embeddings") else 1)
+  # A layer packs q|k|v, o, gate|up and down: 4 panel sets, each part padded on its own.
+  cfg = model.config
+  panels_of = lambda n: -(-n // packed_matmul.PANEL)
+  fused = {"qkv_proj": panels_of(cfg.num_heads * cfg.head_dim)
+                       + 2 * panels_of(cfg.num_kv_heads * cfg.head_dim),
+           "gate_up_proj": 2 * panels_of(cfg.mlp_dim)}
+  for name, num_panels in fused.items():
+    shapes = [leaf.shape for path, leaf in leaves if name in jax.tree_util.keystr(path)]
+    assert shapes == [(num_panels, cfg.embed_dim, packed_matmul.PANEL)] * cfg.num_layers
+  num_dense = 4 * cfg.num_layers + (0 if overrides.get("tied_embeddings") else 1)
   assert len(leaves) == num_dense + overrides.get("tied_embeddings", 0)
   assert any("attend" in name for name in names) == bool(overrides.get("tied_embeddings"))
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (3, 5)), jnp.int32)

@@ -35,7 +35,7 @@ from ttc.decoding import samplers, sampling
 from ttc.kernels import cpu_library, matmul_choice, packed_matmul
 from ttc.models import hf_reference, quantization
 from ttc.models.config import ModelConfig
-from ttc.models.transformer import Transformer
+from ttc.models.transformer import PACKED, Transformer
 
 PROMPT_LEN = 16  # tokens; the prompt is prefilled once per call on both sides
 
@@ -82,34 +82,39 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
 
   Every float32 kernel, and the output projection, multiplies a [rows, inputs]
   activation, with the weights passed as arguments as in sampling, through the
-  matmul sampling uses: `packed_matmul` on packed weights where `sample_n` packs
-  them (`sampling.with_packed_weights`), XLA's dot elsewhere. Nothing else runs (no
-  attention, norms, cache writes or sampling), so a decode step cannot beat this on
-  the same backend: it is the ceiling of the "of peak" column.
+  matmul sampling uses: `packed_matmul` on the panels `sample_n` packs
+  (`sampling.with_packed_weights`: q|k|v and gate|up as one matmul each) where it
+  packs them, XLA's dot on every kernel elsewhere. Nothing else runs (no attention,
+  norms, cache writes or sampling), so a decode step cannot beat this on the same
+  backend: it is the ceiling of the "of peak" column.
   """
-  def is_matmul(path, w):
-    name = jax.tree_util.keystr(path)
-    return w.ndim >= 2 and ("kernel" in name or (config.tied_embeddings and "embedding" in name))
-
-  def as_matrix(path, w):
-    if "embedding" in jax.tree_util.keystr(path):  # the tied output projection
-      return w.T
-    # Kernels are [*inputs, *outputs]; only o_proj has two input axes ([H, E, D]).
-    two_d = w.shape[0] == config.embed_dim or w.ndim == 2
-    return w.reshape(w.shape[0] if two_d else math.prod(w.shape[:-1]), -1)
-
-  kernels = [as_matrix(path, w) for path, w in jax.tree_util.tree_leaves_with_path(params)
-             if is_matmul(path, w)]
-  counted = sum(k.size for k in kernels)
-  assert counted == config.num_matmul_params(), (counted, config.num_matmul_params())
-  inputs = {n: jax.random.normal(jax.random.key(n), (rows, n))
-            for n in {k.shape[0] for k in kernels}}
-  shapes = [k.shape for k in kernels]
-  if sampling.packs_weights(config, rows):
-    kernels = [packed_matmul.pack(k) for k in kernels]  # before timing: sampling packs per call
+  if sampling.packs_weights(config, rows):  # the step's own panels, packed before timing
+    variables = sampling.with_packed_weights(Transformer(config), params, rows)
+    kernels = jax.tree.leaves(variables[PACKED])
+    shapes = [(k.shape[1], k.shape[0] * packed_matmul.PANEL) for k in kernels]
+    # Panels hold padding columns past each part's outputs: at least every weight.
+    assert sum(k.size for k in kernels) >= config.num_matmul_params()
     matmul = lambda x, k, shape: packed_matmul.matmul(x, k, shape[1])
   else:
+    def is_matmul(path, w):
+      name = jax.tree_util.keystr(path)
+      return w.ndim >= 2 and ("kernel" in name or (config.tied_embeddings and "embedding" in name))
+
+    def as_matrix(path, w):
+      if "embedding" in jax.tree_util.keystr(path):  # the tied output projection
+        return w.T
+      # Kernels are [*inputs, *outputs]; only o_proj has two input axes ([H, E, D]).
+      two_d = w.shape[0] == config.embed_dim or w.ndim == 2
+      return w.reshape(w.shape[0] if two_d else math.prod(w.shape[:-1]), -1)
+
+    kernels = [as_matrix(path, w) for path, w in jax.tree_util.tree_leaves_with_path(params)
+               if is_matmul(path, w)]
+    shapes = [k.shape for k in kernels]
     matmul = lambda x, k, shape: jnp.dot(x, k)
+    counted = sum(k.size for k in kernels)
+    assert counted == config.num_matmul_params(), (counted, config.num_matmul_params())
+  inputs = {n: jax.random.normal(jax.random.key(n), (rows, n))
+            for n in {shape[0] for shape in shapes}}
 
   @jax.jit
   def run(kernels, inputs):

@@ -50,10 +50,16 @@ class ModelConfig:
   def weight_dtype(self):
     return jnp.dtype(self.param_dtype)
 
-  def layer_matmul_shapes(self) -> tuple[tuple[int, int], ...]:
-    """[inputs, outputs] of one layer's weight matmuls: q, k, v, o, gate, up, down."""
+  def layer_matmul_shapes(self, fused: bool = False) -> tuple[tuple[int, int], ...]:
+    """[inputs, outputs] of one layer's weight matmuls: q, k, v, o, gate, up, down.
+
+    fused: as a decode step on packed weights runs them, q|k|v and gate|up as one
+    matmul each (they share their input): q|k|v, o, gate|up, down.
+    """
     d, h, kv, hd, f = (self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim,
                        self.mlp_dim)
+    if fused:
+      return ((d, (h + 2 * kv) * hd), (h * hd, d), (d, 2 * f), (f, d))
     return ((d, h * hd), (d, kv * hd), (d, kv * hd), (h * hd, d), (d, f), (d, f), (f, d))
 
   @property
