@@ -113,7 +113,10 @@ def test_sampling_packs_for_several_rows_and_gives_the_same_tokens(monkeypatch):
   np.testing.assert_array_equal(with_panels.tokens_BxG, with_dot.tokens_BxG)
   np.testing.assert_allclose(with_panels.logprobs_BxG, with_dot.logprobs_BxG, atol=1e-5)
   monkeypatch.undo()
-  one_row = sampling.sample_n.lower(model, params, tokens[:1], lengths[:1], jax.random.key(0),
-                                    samplers.Greedy(), num_samples=1, max_new_tokens=4,
-                                    eos_id=-1)
-  assert cpu_library.PACKED_MATMUL not in one_row.as_text()  # one row keeps XLA's matmul
+  for choice in ("packed", "xla"):  # one row follows the choice like any other row count
+    monkeypatch.setattr(matmul_choice, "decode_matmul", lambda choice=choice: choice)
+    jax.clear_caches()
+    one_row = sampling.sample_n.lower(model, params, tokens[:1], lengths[:1],
+                                      jax.random.key(0), samplers.Greedy(), num_samples=1,
+                                      max_new_tokens=4, eos_id=-1)
+    assert (cpu_library.PACKED_MATMUL in one_row.as_text()) == (choice == "packed")

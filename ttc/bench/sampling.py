@@ -128,8 +128,8 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
 
 def decode_matmul_used(config, rows) -> str:
   """Which matmul decoding `rows` rows of `config` runs here, and on what grounds."""
-  if not (rows > 1 and packed_matmul.usable(config.activation_dtype, config.weight_dtype)):
-    return "XLA's dot (one row, or the packed kernel does not run here)"
+  if not packed_matmul.usable(config.activation_dtype, config.weight_dtype):
+    return "XLA's dot (the packed kernel does not run here)"
   if matmul_choice.decode_matmul() != "measure":
     return f"{matmul_choice.decode_matmul()} (set by decode_matmul.choice)"
   entry = matmul_choice.measured(config, rows)
@@ -171,7 +171,7 @@ def main():
     import torch
     torch.set_num_threads(os.cpu_count())
 
-  kernels = ("decode attention; packed-weight matmuls at N > 1 where measured faster"
+  kernels = ("decode attention; packed-weight matmuls where measured faster"
              if cpu_library.switched_on_here() else "off")
   # The machine's speed drifts over minutes, so the peak is measured again right
   # before each N's rows and their "of peak" uses that.
