@@ -1,4 +1,4 @@
-"""The survival rules on hand-made values: top (beam, DVTS), particles, rebase, dedup."""
+"""The survival rules on hand-made values: top (beam, DVTS), particles, rebase, dedup, vote."""
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +123,38 @@ def test_dedup_keeps_every_distinct_prefix_it_has_room_for_on_random_rows():
     best = sorted(prefixes.values(), key=lambda n: (-value[q, n], n))[:want]
     assert survivors == set(best), q
     assert distinct[q] == want, q
+
+
+def test_vote_keeps_the_step_many_rows_sampled_over_a_better_scored_single_one():
+  # Three rows sampled step [1, 2] and score 0.4 each; one row sampled [3] and scores 0.9.
+  # Beam search (keep 1 of 4) keeps [3]; the vote sums 1.2 against 0.9 and keeps [1, 2].
+  tokens, lengths = _rows([1, 2], [3], [1, 2], [1, 2])
+  value, alive = jnp.asarray([[0.4, 0.9, 0.4, 0.4]]), jnp.asarray([[True] * 4])
+  classes = selection.prefix_class(tokens, lengths, alive)
+  summed = selection.votes(value, classes, alive, 4)
+  np.testing.assert_allclose(summed, [[1.2, 0.9, 1.2, 1.2]], rtol=1e-6)
+  candidates = selection.first_copies(classes, alive, 4)
+  top = lambda v: selection.select_parents(v, alive, group_size=4, expand=4,
+                                           candidate_QxN=candidates)
+  np.testing.assert_array_equal(top(value), [[1, 1, 1, 1]])
+  np.testing.assert_array_equal(top(summed), [[0, 0, 0, 0]])
+
+
+def test_votes_sum_each_prefix_within_its_group_over_unfinished_rows_on_random_rows():
+  rng = np.random.default_rng(1)
+  num_problems, num_rows, group_size = 100, 8, 4
+  lengths = rng.integers(1, 3, (num_problems, num_rows))
+  tokens = rng.integers(0, 2, (num_problems, num_rows, 3))
+  alive = rng.random((num_problems, num_rows)) < 0.8
+  value = rng.random((num_problems, num_rows)).astype(np.float32)
+  classes = selection.prefix_class(jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(alive))
+  got = np.asarray(selection.votes(jnp.asarray(value), classes, jnp.asarray(alive), group_size))
+  prefix = lambda q, n: (lengths[q, n], *tokens[q, n, :lengths[q, n]])
+  for q in range(num_problems):
+    for n in range(num_rows):
+      group = range(n - n % group_size, n - n % group_size + group_size)
+      want = sum(value[q, m] for m in group if alive[q, m] and prefix(q, m) == prefix(q, n))
+      np.testing.assert_allclose(got[q, n], want if alive[q, n] else 0.0, rtol=1e-6)
 
 
 def _softmax_of_logits(value, candidate, temperature):

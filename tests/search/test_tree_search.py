@@ -69,7 +69,7 @@ def test_every_row_finishes_with_depth_steps_and_a_count_of_its_tokens():
 
 
 @pytest.mark.parametrize("name", ["particles", "rebase_t0.5", "beam_m4_dedup",
-                                  "particles_t2_dedup"])
+                                  "particles_t2_dedup", "beam_m4_vote"])
 def test_new_selection_rules_finish_every_row_count_budgets_and_distinct_prefixes(name):
   policy = StubPolicy(depth=4, num_choices=4)
   # Problem 2 is batch padding: it runs no round.
@@ -175,13 +175,20 @@ def test_method_configs(name, budget, rows, group, expand, k):
   assert c.dedup == name.endswith("_dedup")
 
 
-@pytest.mark.parametrize("name,rule,temperature,dedup", [
-    ("particles", "particles", 1.0, False), ("particles_t0.5", "particles", 0.5, False),
-    ("particles_t2_dedup", "particles", 2.0, True), ("rebase", "rebase", 1.0, False),
-    ("rebase_t0.25_dedup", "rebase", 0.25, True), ("beam_sqrt_dedup", "top", 1.0, True)])
-def test_selection_rules_and_temperatures_parse_from_method_names(name, rule, temperature, dedup):
+@pytest.mark.parametrize("name,rule,temperature,dedup,vote", [
+    ("particles", "particles", 1.0, False, False),
+    ("particles_t0.5", "particles", 0.5, False, False),
+    ("particles_t2_dedup", "particles", 2.0, True, False),
+    ("rebase", "rebase", 1.0, False, False),
+    ("rebase_t0.25_dedup", "rebase", 0.25, True, False),
+    ("beam_sqrt_dedup", "top", 1.0, True, False),
+    ("beam_m4_vote", "top", 1.0, False, True),
+    ("dvts_m4_vote", "top", 1.0, False, True)])
+def test_selection_rules_and_temperatures_parse_from_method_names(name, rule, temperature, dedup,
+                                                                  vote):
   c = methods.make_config(name, 16, max_solution_tokens=64, max_step_tokens=16)
-  assert (c.selection, c.selection_temperature, c.dedup) == (rule, temperature, dedup)
+  assert (c.selection, c.selection_temperature, c.dedup, c.vote) == (rule, temperature, dedup,
+                                                                     vote)
   assert c.selects and c.generations == 16
 
 
@@ -190,6 +197,10 @@ def test_unknown_method_is_one_clear_error():
     methods.make_config("beam4", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="best_of_n_dedup: best-of-N has no selection rounds"):
     methods.make_config("best_of_n_dedup", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="particles_vote: particles already weighs every copy"):
+    methods.make_config("particles_vote", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="vote is for selection 'top'"):
+    tree_search.SearchConfig(num_rows=4, group_size=4, selection="rebase", vote=True)
   with pytest.raises(ValueError, match="temperature must be > 0"):
     methods.make_config("particles_t0", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="selection='greedy' must be one of"):

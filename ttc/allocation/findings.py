@@ -173,13 +173,13 @@ def lookahead_vs_beam(records, source: str) -> list[Finding]:
   names = sorted({r["method"] for r in records})
   for name in names:
     try:
-      kind, numbers, dedup = methods_lib.parse(name)
+      kind, numbers, suffix = methods_lib.parse(name)
     except ValueError:
       continue
     if kind != "lookahead":
       continue
     width = numbers[1] if len(numbers) > 1 else methods_lib.DEFAULT_LOOKAHEAD_WIDTH
-    beam = f"beam_m{width}" + ("_dedup" if dedup else "")
+    beam = f"beam_m{width}{suffix}"
     shared = sorted(_budgets(records, name) & _budgets(records, beam))
     interval, n = paired_difference(records, name, beam, shared)
     out.append(_finding(f"F3 {name}", CLAIMS["F3"], interval,

@@ -20,6 +20,9 @@ A method is named in gin (`search_sweep.methods`) by a string:
 Any step-by-step method may end in `_dedup` (beam_m4_dedup, particles_t0.5_dedup):
 only the first copy of each distinct solution so far is a parent
 (`SearchConfig.dedup`); best-of-N selects nothing, so best_of_n_dedup is refused.
+Beam, lookahead and DVTS may end in `_vote` instead (beam_m4_vote): deduplicated,
+and each parent valued by the summed scores of its copies (`SearchConfig.vote`,
+weighted best-of-N's rule applied to every step).
 Particles and REBASE run no rollouts: they use N generations.
 
 M is capped at N (a budget of 2 cannot expand 4 ways).
@@ -42,9 +45,11 @@ _PATTERNS = (
     ("particles", re.compile(r"particles" + _TEMPERATURE)),
     ("rebase", re.compile(r"rebase" + _TEMPERATURE)),
 )
-_DEDUP = "_dedup"
+SUFFIXES = ("_dedup", "_vote")
+_VOTERS = ("beam", "beam_sqrt", "lookahead", "dvts")  # rule "top"
 _FORMS = ("best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] "
-          "or rebase[_t<t>], any but best_of_n optionally ending in _dedup")
+          "or rebase[_t<t>], any but best_of_n optionally ending in _dedup, beam, lookahead "
+          "and dvts in _vote")
 
 
 def sqrt_width(num_rows: int) -> int:
@@ -52,20 +57,23 @@ def sqrt_width(num_rows: int) -> int:
   return max(d for d in range(1, math.isqrt(num_rows) + 1) if num_rows % d == 0)
 
 
-def parse(name: str) -> tuple[str, tuple[float, ...], bool]:
-  """(kind, numbers, dedup): ('beam', (4,), False) from 'beam_m4', ('particles', (0.5,),
-  True) from 'particles_t0.5_dedup'; ValueError naming the accepted forms otherwise."""
-  dedup = name.endswith(_DEDUP)
-  base = name[:-len(_DEDUP)] if dedup else name
+def parse(name: str) -> tuple[str, tuple[float, ...], str]:
+  """(kind, numbers, suffix): ('beam', (4,), '') from 'beam_m4', ('particles', (0.5,),
+  '_dedup') from 'particles_t0.5_dedup'; ValueError naming the accepted forms otherwise."""
+  suffix = next((end for end in SUFFIXES if name.endswith(end)), "")
+  base = name[:len(name) - len(suffix)]
   for kind, pattern in _PATTERNS:
     match = pattern.fullmatch(base)
     if match:
-      if dedup and kind == "best_of_n":
+      if suffix and kind == "best_of_n":
         raise ValueError(f"{name}: best-of-N has no selection rounds, so nothing to "
-                         "deduplicate; use best_of_n")
+                         f"deduplicate or vote on; use best_of_n")
+      if suffix == "_vote" and kind not in _VOTERS:
+        raise ValueError(f"{name}: {kind} already weighs every copy of a solution; "
+                         f"_vote is for {', '.join(_VOTERS)}")
       numbers = tuple(float(g) if kind in ("particles", "rebase") else int(g)
                       for g in match.groups() if g is not None)
-      return kind, numbers, dedup
+      return kind, numbers, suffix
   raise ValueError(f"unknown search method {name!r}; use {_FORMS}")
 
 
@@ -83,7 +91,7 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
   prm_slots: 0 = `SearchConfig.prm_slots_needed(prm_chunk)`: the same, with each
     step rounded up to whole `prm_chunk`s (the PRM scores in chunks).
   """
-  kind, args, dedup = parse(name)
+  kind, args, suffix = parse(name)
   if budget < 1:
     raise ValueError(f"budget must be >= 1, got {budget}")
   lookahead = 0
@@ -121,5 +129,5 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
       step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,
       max_solution_tokens=max_solution_tokens, max_rounds=max_rounds, num_slots=num_slots,
       prm_slots=prm_slots, prm_chunk=prm_chunk, selection=rule,
-      selection_temperature=temperature, dedup=dedup)
+      selection_temperature=temperature, dedup=suffix == "_dedup", vote=suffix == "_vote")
   return config

@@ -93,6 +93,21 @@ def first_copies(class_QxN, alive_QxN, group_size: int):
   return alive_QxN & ~repeated.reshape(alive_QxN.shape)
 
 
+def votes(value_QxN, class_QxN, alive_QxN, group_size: int):
+  """[Q, N] float32: for each unfinished row, the sum of `value_QxN` over the unfinished
+  rows of its group with the same solution so far (`prefix_class`); 0 for finished rows.
+
+  Weighted best-of-N sums the scores of the solutions that share a final answer; this
+  is the same sum for a solution so far, so a step that many rows sampled keeps the
+  weight of all its copies instead of one PRM draw (`SearchConfig.vote`).
+  """
+  group_class = _grouped(class_QxN, group_size)
+  value = _grouped(jnp.where(alive_QxN, value_QxN, 0.0).astype(jnp.float32), group_size)
+  same_GxG = group_class[..., :, None] == group_class[..., None, :]
+  summed = jnp.sum(jnp.where(same_GxG, value[..., None, :], 0.0), axis=-1)
+  return jnp.where(alive_QxN, summed.reshape(alive_QxN.shape), 0.0)
+
+
 def count_distinct(class_QxN, parent_QxN, alive_QxN):
   """[Q] int32 distinct solutions so far among the unfinished rows after selection
   (slot n then holds row parent_QxN[q, n]'s solution; finished rows not counted)."""

@@ -15,7 +15,8 @@ Q problems run at once with N rows (candidate solutions) each. A round is:
   4. `selection.choose_parents` refills each group's unfinished slots from its
      unfinished rows (rule "top": the best ones, forked; "particles": drawn by
      PRM weight; "rebase": forked in proportion to it; optionally only one row
-     per distinct solution so far is a parent, `SearchConfig.dedup`); the
+     per distinct solution so far is a parent, `SearchConfig.dedup`, valued by
+     the sum over its copies with `SearchConfig.vote`); the
      policy's and the PRM's caches are reordered together. How many distinct
      solutions so far survive is recorded per problem and round (distinct_QxR).
 
@@ -77,6 +78,10 @@ class SearchConfig:
     "particles" and "rebase" use (> 0; lower is greedier).
   dedup: among the unfinished rows of a group, only the first copy of each distinct
     solution so far is a parent (step by step only).
+  vote: as dedup, and each parent is valued by the sum of its copies' values in the
+    group (`selection.votes`: weighted best-of-N's sum per answer, applied to each
+    solution so far); rule "top" only (the weighting rules already give a solution
+    the weight of all its copies).
   """
 
   num_rows: int
@@ -93,6 +98,7 @@ class SearchConfig:
   selection: str = "top"
   selection_temperature: float = 1.0
   dedup: bool = False
+  vote: bool = False
 
   def __post_init__(self):
     if self.num_rows < 1 or self.num_rows % self.group_size:
@@ -105,8 +111,11 @@ class SearchConfig:
     if self.selection not in selection.RULES or not self.selection_temperature > 0:
       raise ValueError(f"selection={self.selection!r} must be one of {selection.RULES} and "
                        f"selection_temperature={self.selection_temperature} > 0")
-    if self.dedup and not self.step_by_step:
-      raise ValueError("dedup needs step_by_step: whole solutions are never selected")
+    if (self.dedup or self.vote) and not self.step_by_step:
+      raise ValueError("dedup and vote need step_by_step: whole solutions are never selected")
+    if self.vote and self.selection != "top":
+      raise ValueError(f"vote is for selection 'top'; {self.selection!r} already weighs "
+                       "every copy of a solution")
     # Frozen: the sizes are filled in once, here.
     object.__setattr__(self, "num_slots", self.num_slots or self.policy_slots_needed)
     object.__setattr__(self, "prm_slots", self.prm_slots or self.prm_slots_needed(self.prm_chunk))
@@ -275,7 +284,9 @@ def _select(config: SearchConfig, key, value_QxN, alive_QxN, tokens_BxW, length_
                                      length_B.reshape(num_problems, num_rows), alive_QxN)
   if config.selects:
     candidate_QxN = (selection.first_copies(class_QxN, alive_QxN, config.group_size)
-                     if config.dedup else alive_QxN)
+                     if config.dedup or config.vote else alive_QxN)
+    if config.vote:
+      value_QxN = selection.votes(value_QxN, class_QxN, alive_QxN, config.group_size)
     parent_QxN = selection.choose_parents(
         config.selection, key, value_QxN, alive_QxN, candidate_QxN,
         group_size=config.group_size, expand=config.expand,
