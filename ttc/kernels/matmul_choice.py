@@ -88,9 +88,9 @@ def _step_timer(config, rows: int, packed: bool) -> Callable[[], float]:
 
   One layer's weights and the output projection are timed as two compiled programs; a
   step is num_layers layers and one projection. Packed, a layer's weights are four
-  (q|k|v and gate|up fused, as `Transformer` packs them); for XLA's dot, seven. Weights are random (the
-  speed does not depend on their values) and, for `packed`, packed before timing, as
-  decoding packs them once per call.
+  (q|k|v and gate|up fused, as `Transformer` packs them); for XLA's dot, seven.
+  Weights are random (the speed does not depend on their values) and, for `packed`,
+  packed before timing, as decoding packs them once per call.
   """
   draw = np.random.default_rng(0)
   timed = []

@@ -45,7 +45,7 @@ _PATTERNS = (
     ("particles", re.compile(r"particles" + _TEMPERATURE)),
     ("rebase", re.compile(r"rebase" + _TEMPERATURE)),
 )
-SUFFIXES = ("_dedup", "_vote")
+_SUFFIXES = ("_dedup", "_vote")
 _VOTERS = ("beam", "beam_sqrt", "lookahead", "dvts")  # rule "top"
 _FORMS = ("best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] "
           "or rebase[_t<t>], any but best_of_n optionally ending in _dedup, beam, lookahead "
@@ -60,14 +60,14 @@ def sqrt_width(num_rows: int) -> int:
 def parse(name: str) -> tuple[str, tuple[float, ...], str]:
   """(kind, numbers, suffix): ('beam', (4,), '') from 'beam_m4', ('particles', (0.5,),
   '_dedup') from 'particles_t0.5_dedup'; ValueError naming the accepted forms otherwise."""
-  suffix = next((end for end in SUFFIXES if name.endswith(end)), "")
+  suffix = next((end for end in _SUFFIXES if name.endswith(end)), "")
   base = name[:len(name) - len(suffix)]
   for kind, pattern in _PATTERNS:
     match = pattern.fullmatch(base)
     if match:
       if suffix and kind == "best_of_n":
         raise ValueError(f"{name}: best-of-N has no selection rounds, so nothing to "
-                         f"deduplicate or vote on; use best_of_n")
+                         "deduplicate or vote on; use best_of_n")
       if suffix == "_vote" and kind not in _VOTERS:
         raise ValueError(f"{name}: {kind} already weighs every copy of a solution; "
                          f"_vote is for {', '.join(_VOTERS)}")
