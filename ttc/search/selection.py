@@ -86,11 +86,15 @@ def first_copies(class_QxN, alive_QxN, group_size: int):
   """[Q, N] bool the candidate parents under deduplication: unfinished rows whose
   solution so far (`prefix_class`) no lower row of their group has. Every prefix in
   a group keeps exactly one candidate, its first copy."""
-  group_class = _grouped(class_QxN, group_size)
   earlier_GxG = jnp.tril(jnp.ones((group_size, group_size), bool), k=-1)  # [i, j]: j < i
-  repeated = jnp.any((group_class[..., :, None] == group_class[..., None, :]) & earlier_GxG,
-                     axis=-1)
+  repeated = jnp.any(_same_prefix(class_QxN, group_size) & earlier_GxG, axis=-1)
   return alive_QxN & ~repeated.reshape(alive_QxN.shape)
+
+
+def _same_prefix(class_QxN, group_size: int):
+  """[Q, g, G, G] bool: rows i and j of a group hold the same solution so far."""
+  group_class = _grouped(class_QxN, group_size)
+  return group_class[..., :, None] == group_class[..., None, :]
 
 
 def votes(value_QxN, class_QxN, alive_QxN, group_size: int):
@@ -101,10 +105,9 @@ def votes(value_QxN, class_QxN, alive_QxN, group_size: int):
   is the same sum for a solution so far, so a step that many rows sampled keeps the
   weight of all its copies instead of one PRM draw (`SearchConfig.vote`).
   """
-  group_class = _grouped(class_QxN, group_size)
   value = _grouped(jnp.where(alive_QxN, value_QxN, 0.0).astype(jnp.float32), group_size)
-  same_GxG = group_class[..., :, None] == group_class[..., None, :]
-  summed = jnp.sum(jnp.where(same_GxG, value[..., None, :], 0.0), axis=-1)
+  summed = jnp.sum(jnp.where(_same_prefix(class_QxN, group_size), value[..., None, :], 0.0),
+                   axis=-1)
   return jnp.where(alive_QxN, summed.reshape(alive_QxN.shape), 0.0)
 
 
