@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ttc.decoding import samplers, sampling
+from ttc.kernels import matmul_choice, packed_matmul
 from ttc.models.config import ModelConfig
 from ttc.models.transformer import Transformer
 from ttc import partitioning
@@ -214,6 +215,32 @@ def test_sample_prompts_compiles_once_per_bucket(policy):
   # Padding neither changes the real rows nor leaks into them.
   np.testing.assert_array_equal(second.tokens_BxG, first.tokens_BxG[:2])
   np.testing.assert_array_equal(third.tokens_BxG[2:], first.tokens_BxG[:2])
+
+
+@pytest.mark.skipif(not packed_matmul.usable(jnp.float32, jnp.float32),
+                    reason="the packed CPU kernels do not run here")
+def test_host_calls_pack_the_same_weights_once(policy, monkeypatch):
+  model, params = policy
+  monkeypatch.setattr(sampling, "_packed_cache", {})
+  packs = []
+  pack = sampling._pack
+  monkeypatch.setattr(sampling, "_pack", lambda *args: packs.append(args[2]) or pack(*args))
+  draw = lambda params: sampling.sample_prompts(
+      model, params, [[5, 6, 7], [8, 9]], jax.random.key(0), samplers.Greedy(), num_samples=2,
+      max_new_tokens=4, eos_id=EOS)
+  monkeypatch.setattr(matmul_choice, "decode_matmul", lambda: "xla")
+  want = draw(params)
+  assert not packs and not sampling._packed_cache
+  monkeypatch.setattr(matmul_choice, "decode_matmul", lambda: "packed")
+  first, second = draw(params), draw(params)
+  assert packs == ["packed"]  # packed at the first call only
+  np.testing.assert_array_equal(first.tokens_BxG, want.tokens_BxG)
+  np.testing.assert_array_equal(second.tokens_BxG, want.tokens_BxG)
+  other = jax.tree.map(lambda x: x * 1.0, params)  # equal values, other arrays: packed again
+  np.testing.assert_array_equal(draw(other).tokens_BxG, want.tokens_BxG)
+  assert packs == ["packed", "packed"] and len(sampling._packed_cache) == 1
+  (leaves, _), = sampling._packed_cache.values()
+  assert all(a is b for a, b in zip(leaves, jax.tree.leaves(other)))
 
 
 def _scripted_decode(script_BxS, stops, max_new_tokens, position_B=None, budget_B=None):

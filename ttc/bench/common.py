@@ -26,19 +26,22 @@ def time_call(fn, *args, repeats: int = 5) -> float:
 def matmul_peak_flops(sizes=(512, 1024, 2048), dtype=jnp.float32, repeats: int = 5) -> float:
   """Best FLOP/s of a square matmul on the default device: the same-run ceiling.
 
-  Both XLA's matmul and, where it runs, ttc's packed-weight CPU kernel
-  (`ttc.kernels.packed_matmul`, weights packed before timing) are timed: the peak
-  is the faster, so a model using the kernel is not measured against a lower bar.
-  The best of `repeats` timed calls counts (a peak, not a typical speed).
+  Both XLA's matmul and, where they run, ttc's packed-weight CPU kernels of the
+  same dtype (`ttc.kernels.packed_matmul`, weights packed before timing) are timed:
+  the peak is the fastest, so a model using a kernel is not measured against a lower
+  bar. The best of `repeats` timed calls counts (a peak, not a typical speed).
   """
-  products = {"xla": (lambda x, w: x @ w, lambda w: w)}
+  products = {"xla": lambda x, w: x @ w}
   if packed_matmul.usable(dtype, dtype):
-    products["packed"] = (lambda x, w: packed_matmul.matmul(x, w, x.shape[0]), packed_matmul.pack)
+    for name, fmt in packed_matmul.FORMATS.items():
+      if fmt.dtype == dtype and packed_matmul.runs_here(name):
+        products[name] = lambda x, w: packed_matmul.matmul(x, w, x.shape[0])
   best = 0.0
   for n in sizes:
     a = jnp.ones((n, n), dtype)
-    for product, prepare in products.values():
-      fn, args = jax.jit(product), (a, prepare(a))
+    for name, product in products.items():
+      w = a if name == "xla" else packed_matmul.pack(a, format_name=name)
+      fn, args = jax.jit(product), (a, w)
       jax.block_until_ready(fn(*args))
       for _ in range(repeats):
         start = time.perf_counter()

@@ -1,12 +1,14 @@
-"""Sampling throughput: ttc's `sample_n` against transformers' `generate`, same run.
+"""Sampling throughput: ttc's `sample_prompts` (`sample_n` on host lists) against transformers' `generate`, same run.
 
     python -m ttc.bench.sampling [--models=tiny,smollm2] [--num_samples=1,16,64]
-        [--new_tokens=64] [--repeats=3] [--skip_hf] [--decode_matmul=measure|packed|xla]
+        [--new_tokens=64] [--repeats=3] [--skip_hf] [--decode_matmul=measure|xla|packed|packed_avx512]
 
 For each model and N (samples of one prompt) it times G new tokens per sample,
 never stopping early (EOS disabled on both sides), with ancestral sampling at
 temperature 1. Both sides get the same float32 weights; ttc also runs them as int8
-weight-only (`ttc.models.quantization`). Printed per row: tokens/s, model FLOP/s as
+weight-only (`ttc.models.quantization`) and, where the CPU has avx512_bf16, packed as
+bfloat16 panels (`packed_matmul`'s "packed_avx512_bf16": x and w rounded to bfloat16,
+products summed in float32). Printed per row: tokens/s, model FLOP/s as
 a fraction of the float32 matmul peak measured just before that N's rows (FLOPs =
 `ModelConfig.flops_per_token`: 2 x matmul parameters, output projection included,
 plus attention over the mean context), and the ratio to transformers. A "matmuls"
@@ -67,13 +69,16 @@ def smollm2_checkpoint():
 
 
 def ttc_seconds(config, params, prompt, num_samples, new_tokens, repeats):
+  """Median seconds of a call of `sample_prompts`, the entry point the stages use: like
+  compilation, packing the weights for the kernels happens at the untimed first call
+  (`sampling.packed_once`)."""
   model = Transformer(config)
-  tokens, lengths = sampling.left_pad([prompt], len(prompt))
   sampler = samplers.Temperature(temperature=jnp.float32(1.0))
 
   def run(key):
-    return sampling.sample_n(model, params, tokens, lengths, key, sampler,
-                             num_samples=num_samples, max_new_tokens=new_tokens, eos_id=-1)
+    return sampling.sample_prompts(model, params, [prompt], key, sampler,
+                                   num_samples=num_samples, max_new_tokens=new_tokens,
+                                   eos_id=-1, min_prompt_length=len(prompt))
   return time_call(run, jax.random.key(0), repeats=repeats)
 
 
@@ -91,7 +96,7 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
   if sampling.packs_weights(config, rows):  # the step's own panels, packed before timing
     variables = sampling.with_packed_weights(Transformer(config), params, rows)
     kernels = jax.tree.leaves(variables[PACKED])
-    shapes = [(k.shape[1], k.shape[0] * packed_matmul.PANEL) for k in kernels]
+    shapes = [packed_matmul.matrix_shape(k) for k in kernels]
     # Panels hold padding columns past each part's outputs: at least every weight.
     assert sum(k.size for k in kernels) >= config.num_matmul_params()
     matmul = lambda x, k, shape: packed_matmul.matmul(x, k, shape[1])
@@ -129,7 +134,7 @@ def weight_matmul_seconds(config, params, rows, repeats, steps=4):
 def decode_matmul_used(config, rows) -> str:
   """Which matmul decoding `rows` rows of `config` runs here, and on what grounds."""
   if not packed_matmul.usable(config.activation_dtype, config.weight_dtype):
-    return "XLA's dot (the packed kernel does not run here)"
+    return "XLA's dot (the packed kernels do not run here)"
   if matmul_choice.decode_matmul() != "measure":
     return f"{matmul_choice.decode_matmul()} (set by decode_matmul.choice)"
   entry = matmul_choice.measured(config, rows)
@@ -183,8 +188,13 @@ def main():
       config, params, hf_model = tiny_checkpoint(tmp) if name == "tiny" else smollm2_checkpoint()
       flops_per_token = config.flops_per_token(context_len=PROMPT_LEN + g / 2, training=False)
       prompt = np.random.default_rng(0).integers(3, config.vocab_size, PROMPT_LEN).tolist()
-      variants = {"float32": (config, params),
-                  "int8": quantization.quantize_params(config, params)}
+      # name -> (config, params, decode_matmul.choice); bf16: float32 weights packed as
+      # bfloat16 panels, where the CPU has avx512_bf16 (opt-in: it rounds x and w)
+      variants = {"float32": (config, params, args.decode_matmul),
+                  "int8": (*quantization.quantize_params(config, params), args.decode_matmul)}
+      bf16 = packed_matmul.PACKED_AVX512_BF16.name
+      if packed_matmul.usable(jnp.float32, jnp.float32) and packed_matmul.runs_here(bf16):
+        variants["bf16"] = (config, params, bf16)
       print(f"\n{name}: {config.num_matmul_params() / 1e6:.1f}M matmul params, "
             f"{flops_per_token / 1e6:.1f} MFLOP per token\n{header}")
       for n in ns:
@@ -198,8 +208,14 @@ def main():
                 f"{hf_rate * flops_per_token / peak:8.3f} {1.0:6.2f}", flush=True)
         print(f"decode matmul at N = {n}: {decode_matmul_used(config, n)}", flush=True)
         rates = {}
-        for weights, (cfg, prm) in variants.items():
+        for weights, (cfg, prm, choice) in variants.items():
+          if choice != args.decode_matmul:
+            gin.bind_parameter("decode_matmul.choice", choice)
+            jax.clear_caches()  # the programs read the choice while tracing
           rates[weights] = rate = n * g / ttc_seconds(cfg, prm, prompt, n, g, args.repeats)
+          if choice != args.decode_matmul:
+            gin.bind_parameter("decode_matmul.choice", args.decode_matmul)
+            jax.clear_caches()
           ratio = f"{rate / hf_rate:6.2f}" if hf_rate else "     -"
           print(f"{name:8} {weights:7} {n:3d} {rate:9.1f} {rate * flops_per_token / peak:8.3f} "
                 f"{ratio}", flush=True)

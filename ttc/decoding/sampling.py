@@ -176,19 +176,21 @@ def prefill(model: Transformer, params, prompt_tokens_BxP, prompt_lengths_B, num
   return logits_Bx1xV[:, 0], cache
 
 
-def packs_weights(config, rows: int) -> bool:
-  """Whether decoding `rows` rows of a `config` model packs its weights (see below).
+def packs_weights(config, rows: int) -> str | None:
+  """The `packed_matmul` format decoding `rows` rows of a `config` model packs its
+  weights in, or None (XLA's dot).
 
-  Only where the packed kernel runs: float32, one CPU device (never on another
-  backend or a mesh). There, whichever of the two is faster on this CPU, for this
+  Only where a packed kernel runs: float32, one CPU device (never on another
+  backend or a mesh). There, whichever matmul is fastest on this CPU, for this
   model and row count (`matmul_choice`: measured once, cached on disk). One row
   is measured too: it reads the weights at memory speed either way, but with q|k|v
   and gate|up fused the packed step makes fewer calls (SmolLM2 at one row, 2 AMD
   EPYC cores, alternating processes: 32.1 and 31.9 tokens/s packed against XLA's
   28.2 and 29.1).
   """
-  return (packed_matmul.usable(config.activation_dtype, config.weight_dtype)
-          and matmul_choice.packed_is_faster(config, rows))
+  if not packed_matmul.usable(config.activation_dtype, config.weight_dtype):
+    return None
+  return matmul_choice.decode_format(config, rows)
 
 
 def with_packed_weights(model: Transformer, variables, rows: int):
@@ -201,10 +203,49 @@ def with_packed_weights(model: Transformer, variables, rows: int):
   collection are returned as they are: a program that decodes in a loop (search)
   packs once before it, since XLA does not move the packing out of the loop.
   """
-  if PACKED in variables or not packs_weights(model.config, rows):
+  if PACKED in variables:
     return variables
-  _, packed = model.apply(variables, method=Transformer.pack_weights, mutable=[PACKED])
+  packing = packs_weights(model.config, rows)
+  if packing is None:
+    return variables
+  with packed_matmul.packing(packing):
+    _, packed = model.apply(variables, method=Transformer.pack_weights, mutable=[PACKED])
   return {**variables, **packed}
+
+
+# format -> (the `params` leaves it was packed from, their variables with PACKED)
+_packed_cache: dict[str, tuple[tuple, dict]] = {}
+
+
+def packed_once(model: Transformer, variables, rows: int):
+  """`with_packed_weights`, computed once for the same weights: what the host-level
+  entry points (`sample_prompts`, `sample_with_suffixes`) hand their jitted programs.
+
+  Packing inside each jitted call repeats a copy of every weight per call (SmolLM2:
+  about 0.2 s, a tenth of a 64-token call at one row). The packed variables of the
+  latest weights are kept per format, recognised by the identity of their arrays
+  (kept alive here, so an id is never reused while cached), and replaced when other
+  weights come. Tracers (a call inside jit) are packed in the trace as before.
+  """
+  fmt = None if PACKED in variables else packs_weights(model.config, rows)
+  leaves = tuple(jax.tree.leaves(variables))
+  if fmt is None or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+    return variables
+  same = lambda kept: len(kept) == len(leaves) and all(a is b for a, b in zip(kept, leaves))
+  for other in [f for f, (kept, _) in _packed_cache.items() if not same(kept)]:
+    del _packed_cache[other]  # other weights' panels: freed
+  cached = _packed_cache.get(fmt)
+  if cached is None:
+    cached = _packed_cache[fmt] = (leaves, {**variables, **_pack(model, variables, fmt)})
+  return cached[1]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "fmt"))
+def _pack(model: Transformer, variables, fmt: str):
+  """The PACKED collection of `variables` in format `fmt` (static: the packing context
+  is read while tracing)."""
+  with packed_matmul.packing(fmt):
+    return model.apply(variables, method=Transformer.pack_weights, mutable=[PACKED])[1]
 
 
 StepFn = Callable[[jax.Array, jax.Array, KVCache], tuple[jax.Array, KVCache]]
@@ -450,6 +491,7 @@ def sample_prompts(model: Transformer, params, prompts: list[list[int]], rng, sa
                              pad_id)
   real_rows = num_prompts * num_samples
   budget_B = np.where(np.arange(len(padded) * num_samples) < real_rows, max_new_tokens, 0)
+  params = packed_once(model, params, len(padded) * num_samples)
   out = sample_n(model, params, tokens, lengths, rng, sampler, num_samples=num_samples,
                  max_new_tokens=max_new_tokens, eos_id=eos_id, stop_ids=tuple(stop_ids),
                  pad_id=pad_id, max_new_tokens_B=jnp.asarray(budget_B, jnp.int32))
@@ -490,6 +532,7 @@ def sample_with_suffixes(model: Transformer, params, prefixes: list[list[int]],
       prefixes, bucket(max(map(len, prefixes)), min_prompt_length), pad_id)
   suffix_tokens, suffix_lengths = left_pad(
       suffixes, bucket(max(map(len, suffixes)), min_suffix_length), pad_id)
+  params = packed_once(model, params, len(suffixes))
   out = sample_n_with_suffix(
       model, params, prefix_tokens, prefix_lengths, suffix_tokens, suffix_lengths, rng, sampler,
       num_samples=num_samples, max_new_tokens=max_new_tokens, eos_id=eos_id,

@@ -30,10 +30,14 @@ _SOURCES = tuple(sorted(_DIRECTORY.glob("*_cpu.cc")))
 _HEADERS = tuple(sorted(_DIRECTORY.glob("*.h")))
 DECODE_ATTENTION = "ttc_decode_attention_cpu"  # XLA custom-call targets
 PACKED_MATMUL = "ttc_packed_matmul_cpu"
+PACKED_MATMUL_AVX512 = "ttc_packed_matmul_avx512_cpu"
+PACKED_MATMUL_BF16 = "ttc_packed_matmul_bf16_cpu"
 PACK_PANELS = "ttc_pack_panels_cpu"
+PACK_PANELS_BF16 = "ttc_pack_panels_bf16_cpu"
 # target -> the handler symbol its source exports
 TARGETS = {DECODE_ATTENTION: "TtcDecodeAttention", PACKED_MATMUL: "TtcPackedMatmul",
-           PACK_PANELS: "TtcPackPanels"}
+           PACKED_MATMUL_AVX512: "TtcPackedMatmulAvx512", PACKED_MATMUL_BF16: "TtcPackedMatmulBf16",
+           PACK_PANELS: "TtcPackPanels", PACK_PANELS_BF16: "TtcPackPanelsBf16"}
 # -ffast-math lets the compiler reorder float sums (vectorised reductions);
 # -fno-finite-math-only keeps the -inf that starts a softmax max. -w: the XLA FFI
 # headers warn under gcc.

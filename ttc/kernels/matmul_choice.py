@@ -1,10 +1,12 @@
 """Which matmul a CPU decode step uses, packed panels or XLA's dot: measured, not assumed.
 
-The packed kernel (`packed_matmul`) was written and tuned on an AMD EPYC with AVX2,
-where it ran a 64-row decode step's weight matmuls 1.3-1.5x faster than XLA's dot.
-On an Intel Xeon with AVX-512 the same kernel was 0.73x XLA's dot, whose library uses
-the wider registers. So the first time a model shape is decoded at a row count on a
-CPU, both are timed on that model's weight shapes and the faster is kept.
+The first packed kernel (`packed_matmul`'s "packed") was written and tuned on an AMD
+EPYC with AVX2, where it ran a 64-row decode step's weight matmuls 1.3-1.5x faster
+than XLA's dot. On an Intel Xeon with AVX-512 the same kernel was 0.73x XLA's dot,
+whose library uses the wider registers. So the first time a model shape is decoded
+at a row count on a CPU, XLA's dot and every float32 packed format whose kernel this
+CPU can run ("packed", and "packed_avx512" where it has AVX-512) are timed on that
+model's weight shapes, and the fastest is kept.
 
 The choice is cached on disk (`matmul_choice.json` beside the compiled kernels),
 keyed by the kernel build (`cpu_library.library_key`: sources, flags, jax version,
@@ -13,7 +15,8 @@ processes reuse it, and processes sharing the cache measure one at a time under 
 file lock, so they all decide the same: a run resumed after a kill decodes with the
 matmul its first half used.
 
-`--gin.decode_matmul.choice='packed'` (or `'xla'`) skips the measurement.
+`--gin.decode_matmul.choice='xla'` (or a format name) skips the measurement. The
+bfloat16 format is used only when named so: it rounds x and w to bfloat16.
 """
 
 import contextlib
@@ -33,14 +36,15 @@ import numpy as np
 
 from ttc.kernels import cpu_library, packed_matmul
 
-CHOICES = ("measure", "packed", "xla")
+CHOICES = ("measure", "xla", *packed_matmul.FORMATS)
 _FILE = "matmul_choice.json"
 _chosen: dict[str, dict] = {}  # this process's answers, by key
 
 
 @gin.configurable
 def decode_matmul(choice: str = "measure") -> str:
-  """Gin switch: "measure" (default) times both here; "packed" or "xla" forces one."""
+  """Gin switch: "measure" (default) times the float32 choices here; "xla" or a
+  `packed_matmul.FORMATS` name forces one."""
   if choice not in CHOICES:
     raise ValueError(f"decode_matmul.choice must be one of {CHOICES}, got {choice!r}")
   return choice
@@ -65,7 +69,8 @@ def fastest(timers: Mapping[str, Callable[[], float]], runs_here: Callable[[str]
 
 
 def _runs_here(name: str) -> bool:
-  return name == "xla" or packed_matmul.usable(jnp.float32, jnp.float32)
+  return name == "xla" or (packed_matmul.usable(jnp.float32, jnp.float32)
+                           and packed_matmul.runs_here(name))
 
 
 def one_after_another(products, total):
@@ -83,15 +88,16 @@ def one_after_another(products, total):
   return total
 
 
-def _step_timer(config, rows: int, packed: bool) -> Callable[[], float]:
-  """Seconds of one decode step's weight matmuls at `rows` rows, one way.
+def _step_timer(config, rows: int, name: str) -> Callable[[], float]:
+  """Seconds of one decode step's weight matmuls at `rows` rows, with `name`'s matmul.
 
   One layer's weights and the output projection are timed as two compiled programs; a
   step is num_layers layers and one projection. Packed, a layer's weights are four
   (q|k|v and gate|up fused, as `Transformer` packs them); for XLA's dot, seven.
-  Weights are random (the speed does not depend on their values) and, for `packed`,
-  packed before timing, as decoding packs them once per call.
+  Weights are random (the speed does not depend on their values) and, for a packed
+  format, packed before timing, as decoding packs them once per call.
   """
+  packed = name != "xla"
   draw = np.random.default_rng(0)
   timed = []
   for shapes, repeat in ((config.layer_matmul_shapes(fused=packed), config.num_layers),
@@ -100,8 +106,8 @@ def _step_timer(config, rows: int, packed: bool) -> Callable[[], float]:
     inputs = {k: jax.device_put(draw.standard_normal((rows, k), np.float32))
               for k in {k for k, _ in shapes}}
     if packed:
-      pack = jax.jit(packed_matmul.pack)
-      weights = [pack(w) for w in weights]
+      pack = jax.jit(packed_matmul.pack, static_argnames=("transposed", "format_name"))
+      weights = [pack(w, format_name=name) for w in weights]
       product = lambda x, w, n: packed_matmul.matmul(x, w, n)
     else:
       product = lambda x, w, n: jnp.dot(x, w)
@@ -131,7 +137,7 @@ def _bucket(rows: int) -> int:
 
 
 # Names how a step is timed: choices measured another way are measured again.
-_METHOD = "chained, fused when packed"
+_METHOD = "chained, fused when packed, formats " + ",".join(packed_matmul.FLOAT32_FORMATS)
 
 
 def _key(config, bucket: int) -> str:
@@ -156,7 +162,7 @@ def _locked(directory):
 
 
 def measured(config, rows: int) -> dict:
-  """{"choice": "packed" | "xla", "seconds": {name: best seconds of a step}} for decoding
+  """{"choice": "xla" | a format, "seconds": {name: best seconds of a step}} for decoding
   `rows` rows of a `config` model here, measured on first use (see the module doc)."""
   bucket = _bucket(rows)
   key = _key(config, bucket)
@@ -170,8 +176,8 @@ def measured(config, rows: int) -> dict:
       # Concrete arrays and compiled programs, also when called while a decode
       # program is being traced.
       with jax.ensure_compile_time_eval():
-        timers = {name: functools.partial(_step_timer, config, bucket, name == "packed")
-                  for name in ("packed", "xla")}
+        timers = {name: functools.partial(_step_timer, config, bucket, name)
+                  for name in ("xla", *packed_matmul.FLOAT32_FORMATS)}
         choice, seconds = fastest({name: _lazy(make) for name, make in timers.items()},
                                   _runs_here)
       table[key] = {"choice": choice, "seconds": seconds}
@@ -196,10 +202,22 @@ def _lazy(make_timer: Callable[[], Callable[[], float]]) -> Callable[[], float]:
   return seconds
 
 
-def packed_is_faster(config, rows: int) -> bool:
-  """Whether decoding `rows` rows of a `config` model uses packed weights here: the gin
-  choice, else the measured one (False where the packed kernel cannot run)."""
+def decode_format(config, rows: int) -> str | None:
+  """The `packed_matmul` format decoding `rows` rows of a `config` model packs its weights
+  in here, or None for XLA's dot: the gin choice, else the measured one.
+
+  None where no packed kernel runs (another backend, a mesh, no compiler). A format
+  named in gin whose instructions this CPU lacks is an error, not a silent fallback.
+  """
   choice = decode_matmul()
-  if choice != "measure":
-    return choice == "packed" and _runs_here("packed")
-  return _runs_here("packed") and measured(config, rows)["choice"] == "packed"
+  if choice == "measure":
+    if not _runs_here(packed_matmul.PACKED.name):
+      return None
+    chosen = measured(config, rows)["choice"]
+    return None if chosen == "xla" else chosen
+  if choice == "xla" or not packed_matmul.usable(jnp.float32, jnp.float32):
+    return None
+  if not packed_matmul.runs_here(choice):
+    raise ValueError(f"decode_matmul.choice={choice!r} needs the CPU flags "
+                     f"{packed_matmul.FORMATS[choice].cpu_flags}, which this CPU lacks")
+  return choice

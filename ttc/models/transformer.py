@@ -129,7 +129,8 @@ def _fused_projection(module: nn.Module, name: str, x, parts, use_bias: bool, co
   if panels is None:
     return None
   batch_shape = x.shape[:-1]
-  y = packed_matmul.matmul(x.reshape(-1, in_size), panels, panels.shape[0] * packed_matmul.PANEL)
+  y = packed_matmul.matmul(x.reshape(-1, in_size), panels, packed_matmul.matrix_shape(panels)[1])
+  columns = packed_matmul.format_of(panels).columns
   outputs, start = [], 0
   for child, features in parts:
     size = math.prod(features)
@@ -137,7 +138,7 @@ def _fused_projection(module: nn.Module, name: str, x, parts, use_bias: bool, co
     if use_bias:
       out = out + module.variables["params"][child]["bias"].astype(dtype)
     outputs.append(out)
-    start += -(-size // packed_matmul.PANEL) * packed_matmul.PANEL
+    start += -(-size // columns) * columns
   return outputs
 
 
