@@ -67,6 +67,16 @@ def test_matmul_of_packed_weights_is_x_at_w(name, m, k, n):
   np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
 
 
+def test_a_format_runs_only_with_its_instructions_and_its_kernels_built(monkeypatch):
+  monkeypatch.setattr(packed_matmul, "_cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+  built = cpu_library.avx512_kernels_built()  # x86-64 and GCC: True on the development machines
+  assert packed_matmul.runs_here("packed")
+  assert packed_matmul.runs_here("packed_avx512") == built
+  assert not packed_matmul.runs_here("packed_avx512_bf16")  # no avx512_bf16 flag
+  monkeypatch.setattr(cpu_library, "avx512_kernels_built", lambda: False)
+  assert packed_matmul.runs_here("packed") and not packed_matmul.runs_here("packed_avx512")
+
+
 def _model(**overrides):
   config = ModelConfig(**{**dict(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4,
                                  num_kv_heads=2, head_dim=8, mlp_dim=48), **overrides})

@@ -112,6 +112,14 @@ def build() -> pathlib.Path:
   return library
 
 
+_loaded: list[ctypes.CDLL] = []  # the library `available` registered
+
+
+def avx512_kernels_built() -> bool:
+  """Whether this build holds the AVX-512 matmuls (x86-64 with GCC), whatever the CPU."""
+  return available() and bool(_loaded[-1].TtcAvx512KernelsBuilt())
+
+
 @functools.cache
 def available() -> bool:
   """Builds and registers the kernels once per process; False (logged) if they cannot."""
@@ -125,6 +133,7 @@ def available() -> bool:
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
+  _loaded.append(library)
   return True
 
 

@@ -96,9 +96,12 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def runs_here(format_name: str) -> bool:
-  """Whether this CPU has the instructions of the format's kernel (the kernels can be
-  built and registered here is `usable`'s question)."""
-  return set(FORMATS[format_name].cpu_flags) <= _cpu_flags()
+  """Whether this CPU has the instructions of the format's kernel, and the library was
+  built with it (the AVX-512 kernels need x86-64 and GCC). Whether the kernels build
+  and run on this backend at all is `usable`'s question."""
+  fmt = FORMATS[format_name]
+  return set(fmt.cpu_flags) <= _cpu_flags() and (
+      fmt.matmul_target == cpu_library.PACKED_MATMUL or cpu_library.avx512_kernels_built())
 
 
 def format_of(panels: jax.Array) -> Format:

@@ -15,8 +15,6 @@
 // target attribute) and refuse to run (an error, never an illegal instruction)
 // where the CPU lacks them. Python asks first: `packed_matmul.runs_here`.
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -26,7 +24,24 @@
 
 namespace ffi = xla::ffi;
 
+// The kernels need x86-64 and GCC's target pragmas; elsewhere the handlers exist but
+// refuse, and `TtcAvx512KernelsBuilt` tells Python not to ask for them.
+#ifndef TTC_AVX512_KERNELS
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TTC_AVX512_KERNELS 1
+#else
+#define TTC_AVX512_KERNELS 0
+#endif
+#endif
+#if TTC_AVX512_KERNELS
+#include <immintrin.h>
+#endif
+
+extern "C" int TtcAvx512KernelsBuilt() { return TTC_AVX512_KERNELS; }
+
 namespace {
+
+#if TTC_AVX512_KERNELS
 
 constexpr int64_t kColumns = 32;
 
@@ -163,6 +178,23 @@ ffi::Error PackedMatmulBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
   ttc::RunTiles<Bf16Kernel>(pool, p, pd[0], pd[1] * kColumns);
   return ffi::Error::Success();
 }
+
+#else  // !TTC_AVX512_KERNELS
+
+ffi::Error NotBuilt() {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "the AVX-512 packed matmuls need x86-64 and GCC; not built here");
+}
+ffi::Error PackedMatmulAvx512(ffi::ThreadPool, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
+                              ffi::ResultBuffer<ffi::F32>) {
+  return NotBuilt();
+}
+ffi::Error PackedMatmulBf16(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>,
+                            ffi::ResultBuffer<ffi::F32>) {
+  return NotBuilt();
+}
+
+#endif  // TTC_AVX512_KERNELS
 
 }  // namespace
 
