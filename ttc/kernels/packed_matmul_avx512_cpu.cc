@@ -93,38 +93,34 @@ inline void TileLoop(const ttc::PanelProblem<X, W>& p, const W* panel, int64_t m
   }
 }
 
-struct Avx512Kernel {
+// One step of each kernel: x's element times the panel's two weight vectors.
+inline void Float32Step(const float* x, const float* w, __m512* acc) {
+  const __m512 a = _mm512_set1_ps(*x);
+  acc[0] = _mm512_fmadd_ps(a, _mm512_loadu_ps(w), acc[0]);
+  acc[1] = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 16), acc[1]);
+}
+
+// x's element: a pair of bfloat16, x[r, 2 kk] in the low half, x[r, 2 kk + 1] in the high.
+inline void Bf16Step(const uint32_t* x, const uint32_t* w, __m512* acc) {
+  const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(*x));
+  acc[0] = _mm512_dpbf16_ps(acc[0], a, (__m512bh)_mm512_loadu_si512(w));
+  acc[1] = _mm512_dpbf16_ps(acc[1], a, (__m512bh)_mm512_loadu_si512(w + 16));
+}
+
+// A kernel for `ttc::RunTiles`: twelve rows by 32 columns, one `Step` per k (or pair).
+template <typename T, void (*Step)(const T*, const T*, __m512*)>
+struct Avx512Tiles {
   static constexpr int64_t kColumns = ::kColumns;
   static constexpr int kTileRows = 12;
 
   template <int R>
-  static void Tile(const Float32Problem& p, const float* panel, int64_t m0,
-                              int64_t n0) {
-    TileLoop<R, kTileRows>(p, panel, m0, n0, kColumns,
-                           [](const float* x, const float* w, __m512* acc) {
-                             const __m512 a = _mm512_set1_ps(*x);
-                             acc[0] = _mm512_fmadd_ps(a, _mm512_loadu_ps(w), acc[0]);
-                             acc[1] = _mm512_fmadd_ps(a, _mm512_loadu_ps(w + 16), acc[1]);
-                           });
+  static void Tile(const ttc::PanelProblem<T, T>& p, const T* panel, int64_t m0, int64_t n0) {
+    TileLoop<R, kTileRows>(p, panel, m0, n0, kColumns, Step);
   }
 };
 
-struct Bf16Kernel {
-  static constexpr int64_t kColumns = ::kColumns;
-  static constexpr int kTileRows = 12;
-
-  // x element: a pair of bfloat16, x[r, 2 kk] in the low half, x[r, 2 kk + 1] in the high.
-  template <int R>
-  static void Tile(const Bf16Problem& p, const uint32_t* panel, int64_t m0,
-                                   int64_t n0) {
-    TileLoop<R, kTileRows>(
-        p, panel, m0, n0, kColumns, [](const uint32_t* x, const uint32_t* w, __m512* acc) {
-          const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(*x));
-          acc[0] = _mm512_dpbf16_ps(acc[0], a, (__m512bh)_mm512_loadu_si512(w));
-          acc[1] = _mm512_dpbf16_ps(acc[1], a, (__m512bh)_mm512_loadu_si512(w + 16));
-        });
-  }
-};
+using Avx512Kernel = Avx512Tiles<float, Float32Step>;
+using Bf16Kernel = Avx512Tiles<uint32_t, Bf16Step>;
 
 #pragma GCC pop_options
 
