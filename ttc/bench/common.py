@@ -12,15 +12,25 @@ from ttc.kernels import packed_matmul
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def time_call(fn, *args, repeats: int = 5) -> float:
-  """Median wall seconds of fn(*args) after one warm-up call (compilation excluded)."""
+def call_timer(fn, *args):
+  """A callable returning the wall seconds of one fn(*args), made after one warm-up
+  call (compilation excluded)."""
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
+
+  def seconds():
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
+    return time.perf_counter() - start
+  return seconds
+
+
+def median_seconds(timer, repeats: int) -> float:
+  return sorted(timer() for _ in range(repeats))[repeats // 2]
+
+
+def time_call(fn, *args, repeats: int = 5) -> float:
+  """Median wall seconds of fn(*args) after one warm-up call (compilation excluded)."""
+  return median_seconds(call_timer(fn, *args), repeats)
 
 
 def matmul_peak_flops(sizes=(512, 1024, 2048), dtype=jnp.float32, repeats: int = 5) -> float:

@@ -1,7 +1,8 @@
 """Sampling throughput: ttc's `sample_prompts` against transformers' `generate`, same run.
 
     python -m ttc.bench.sampling [--models=tiny,smollm2] [--num_samples=1,16,64]
-        [--new_tokens=64] [--repeats=3] [--skip_hf] [--decode_matmul=measure|xla|packed|packed_avx512]
+        [--new_tokens=64] [--repeats=3] [--skip_hf]
+        [--decode_matmul=measure|xla|packed|packed_avx512|packed_avx512_bf16]
 
 For each model and N (samples of one prompt) it times G new tokens per sample,
 never stopping early (EOS disabled on both sides), with ancestral sampling at
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc.bench.common import REPO_ROOT, matmul_peak_flops
+from ttc.bench.common import REPO_ROOT, call_timer, matmul_peak_flops, median_seconds
 from ttc.decoding import samplers, sampling
 from ttc.kernels import cpu_library, matmul_choice, packed_matmul
 from ttc.models import hf_reference, quantization
@@ -69,17 +70,6 @@ def smollm2_checkpoint():
   return config, params, hf_reference.from_gguf(path)[1]
 
 
-def _timer(fn, *args):
-  """A callable returning the wall seconds of one fn(*args), after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-
-  def seconds():
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
-  return seconds
-
-
 def ttc_timer(config, params, prompt, num_samples, new_tokens):
   """Times one call of `sample_prompts`, the entry point the stages use: like
   compilation, packing the weights for the kernels happens at the untimed first call
@@ -91,13 +81,12 @@ def ttc_timer(config, params, prompt, num_samples, new_tokens):
     return sampling.sample_prompts(model, params, [prompt], key, sampler,
                                    num_samples=num_samples, max_new_tokens=new_tokens,
                                    eos_id=-1, min_prompt_length=len(prompt))
-  return _timer(run, jax.random.key(0))
+  return call_timer(run, jax.random.key(0))
 
 
 def ttc_seconds(config, params, prompt, num_samples, new_tokens, repeats):
   """Median seconds of a call of `sample_prompts` (`ttc_timer`)."""
-  timer = ttc_timer(config, params, prompt, num_samples, new_tokens)
-  return sorted(timer() for _ in range(repeats))[repeats // 2]
+  return median_seconds(ttc_timer(config, params, prompt, num_samples, new_tokens), repeats)
 
 
 def weight_matmul_timer(config, params, rows, steps=4):
@@ -146,7 +135,7 @@ def weight_matmul_timer(config, params, rows, steps=4):
           [lambda t, k=k, shape=shape: matmul(inputs[shape[0]] + t, k, shape)
            for k, shape in zip(kernels, shapes)], total)
     return jax.lax.fori_loop(0, steps, step, jnp.float32(0))
-  timer = _timer(run, kernels, inputs)
+  timer = call_timer(run, kernels, inputs)
   return lambda: timer() / steps
 
 

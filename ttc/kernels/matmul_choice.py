@@ -218,6 +218,7 @@ def decode_format(config, rows: int) -> str | None:
   if choice == "xla" or not packed_matmul.usable(jnp.float32, jnp.float32):
     return None
   if not packed_matmul.runs_here(choice):
-    raise ValueError(f"decode_matmul.choice={choice!r} needs the CPU flags "
-                     f"{packed_matmul.FORMATS[choice].cpu_flags}, which this CPU lacks")
+    raise ValueError(f"decode_matmul.choice={choice!r} cannot run here: it needs the CPU "
+                     f"flags {packed_matmul.FORMATS[choice].cpu_flags} and kernels built "
+                     "for them (x86-64, GCC)")
   return choice
