@@ -88,7 +88,7 @@ def test_the_choice_is_measured_once_per_cpu_and_kept_on_disk(fake_timers, monke
 
 def test_a_cpu_without_avx512_never_times_nor_chooses_the_avx512_kernel(fake_timers, monkeypatch):
   """The real `runs_here` checks, on an AVX2 CPU's flags."""
-  monkeypatch.setattr(packed_matmul, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+  monkeypatch.setattr(cpu_library, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
   monkeypatch.setattr(packed_matmul, "runs_here", RUNS_HERE)
   monkeypatch.setattr(matmul_choice, "_runs_here", lambda name: name == "xla" or RUNS_HERE(name))
   assert matmul_choice.decode_format(CONFIG, 64) == "packed"  # the fastest it may run

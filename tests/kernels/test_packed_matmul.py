@@ -68,7 +68,7 @@ def test_matmul_of_packed_weights_is_x_at_w(name, m, k, n):
 
 
 def test_a_format_runs_only_with_its_instructions_and_its_kernels_built(monkeypatch):
-  monkeypatch.setattr(packed_matmul, "_cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+  monkeypatch.setattr(cpu_library, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
   built = cpu_library.avx512_kernels_built()  # x86-64 and GCC: True on the development machines
   assert packed_matmul.runs_here("packed")
   assert packed_matmul.runs_here("packed_avx512") == built

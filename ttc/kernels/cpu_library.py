@@ -57,14 +57,25 @@ def _cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "kernels"
 
 
-def _cpu_identity() -> str:
-  """What -march=native compiles for: a library built on one CPU may not run on another."""
+def _cpuinfo_lines() -> list[str]:
+  """The first "model name" and "flags" lines of /proc/cpuinfo (none off Linux)."""
   try:
     with open("/proc/cpuinfo") as f:
-      lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+      return [line for line in f if line.startswith(("model name", "flags"))][:2]
   except OSError:
-    lines = []
-  return platform.machine() + "".join(lines)
+    return []
+
+
+def _cpu_identity() -> str:
+  """What -march=native compiles for: a library built on one CPU may not run on another."""
+  return platform.machine() + "".join(_cpuinfo_lines())
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+  """This CPU's instruction-set flags as /proc/cpuinfo names them (avx2, avx512_bf16...)."""
+  line = next((line for line in _cpuinfo_lines() if line.startswith("flags")), "flags:")
+  return frozenset(line.split(":", 1)[1].split())
 
 
 def _compiler() -> str:

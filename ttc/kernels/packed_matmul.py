@@ -28,7 +28,6 @@ Built by `ttc.kernels.cpu_library`; single-device only.
 import contextlib
 import contextvars
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -85,22 +84,12 @@ def usable(activation_dtype, weight_dtype) -> bool:
           and cpu_library.usable_here())
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return frozenset(next((line for line in f if line.startswith("flags")), ":").split(":")[1]
-                       .split())
-  except OSError:
-    return frozenset()
-
-
 def runs_here(format_name: str) -> bool:
   """Whether this CPU has the instructions of the format's kernel, and the library was
   built with it (the AVX-512 kernels need x86-64 and GCC). Whether the kernels build
   and run on this backend at all is `usable`'s question."""
   fmt = FORMATS[format_name]
-  return set(fmt.cpu_flags) <= _cpu_flags() and (
+  return set(fmt.cpu_flags) <= cpu_library.cpu_flags() and (
       fmt.matmul_target == cpu_library.PACKED_MATMUL or cpu_library.avx512_kernels_built())
 
 
