@@ -11,9 +11,9 @@
 //       and reads half the weight bytes. Same twelve-row tile.
 // Result: y float32 [M, 32 J] = x @ w, summed in float32.
 //
-// Both are compiled for their instruction sets whatever -march says (a function
-// target attribute) and refuse to run (an error, never an illegal instruction)
-// where the CPU lacks them. Python asks first: `packed_matmul.runs_here`.
+// Both are compiled for their instruction sets whatever -march says (a GCC target
+// pragma around the tiles) and refuse to run (an error, never an illegal
+// instruction) where the CPU lacks them. Python asks first: `packed_matmul.runs_here`.
 
 #include <algorithm>
 #include <cstdint>
@@ -66,23 +66,23 @@ template <int R>
 constexpr int kSplit = R <= 2 ? 4 : 1;
 
 // y[m0 : m0 + R, n0 : n0 + 32] from the tile of x at m0 and one panel, given how one
-// step (one k, or one pair of k) multiplies a broadcast element of x by the panel's
-// two weight vectors into two accumulators.
-template <int R, int kTileRows, typename X, typename W, typename Step>
-inline void TileLoop(const ttc::PanelProblem<X, W>& p, const W* panel, int64_t m0, int64_t n0,
-                     int64_t step_elements, Step step) {
+// step (one k, or one pair of k: kColumns elements of the panel) multiplies a
+// broadcast element of x by the panel's two weight vectors into two accumulators.
+template <int R, int kTileRows, typename T, typename Step>
+inline void TileLoop(const ttc::PanelProblem<T, T>& p, const T* panel, int64_t m0, int64_t n0,
+                     Step step) {
   constexpr int S = kSplit<R>;
   __m512 acc[S][R][2];
   for (int s = 0; s < S; ++s)
     for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = _mm512_setzero_ps();
-  const X* x = p.x + m0 * p.k;  // tile m0 / kTileRows of the tiled rows
+  const T* x = p.x + m0 * p.k;  // tile m0 / kTileRows of the tiled rows
   int64_t kk = 0;
   for (; kk + S <= p.k; kk += S)
     for (int s = 0; s < S; ++s)
       for (int r = 0; r < R; ++r)
-        step(x + (kk + s) * kTileRows + r, panel + (kk + s) * step_elements, acc[s][r]);
+        step(x + (kk + s) * kTileRows + r, panel + (kk + s) * kColumns, acc[s][r]);
   for (; kk < p.k; ++kk)
-    for (int r = 0; r < R; ++r) step(x + kk * kTileRows + r, panel + kk * step_elements, acc[0][r]);
+    for (int r = 0; r < R; ++r) step(x + kk * kTileRows + r, panel + kk * kColumns, acc[0][r]);
   for (int r = 0; r < R; ++r) {
     for (int s = 1; s < S; ++s) {
       acc[0][r][0] = _mm512_add_ps(acc[0][r][0], acc[s][r][0]);
@@ -115,7 +115,7 @@ struct Avx512Tiles {
 
   template <int R>
   static void Tile(const ttc::PanelProblem<T, T>& p, const T* panel, int64_t m0, int64_t n0) {
-    TileLoop<R, kTileRows>(p, panel, m0, n0, kColumns, Step);
+    TileLoop<R, kTileRows>(p, panel, m0, n0, Step);
   }
 };
 
