@@ -123,7 +123,8 @@ def test_forward_with_packed_weights_matches_xla_dot(overrides, name):
   np.testing.assert_allclose(forward({**params, **packed}), forward(params), atol=2e-5)
 
 
-@pytest.mark.parametrize("name", [n for n in FORMATS if n.values[0] == "packed_avx512_bf16"])
+@pytest.mark.parametrize("name", [
+    pytest.param("packed_avx512_bf16", marks=_runs_here("packed_avx512_bf16"))])
 @pytest.mark.parametrize("overrides", [dict(tied_embeddings=True),
                                        dict(qkv_bias=True, num_kv_heads=1, mlp_dim=40)])
 def test_forward_with_bfloat16_panels_is_within_the_stated_tolerance(overrides, name):
