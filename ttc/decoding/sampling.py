@@ -205,12 +205,8 @@ def with_packed_weights(model: Transformer, variables, rows: int):
   """
   if PACKED in variables:
     return variables
-  packing = packs_weights(model.config, rows)
-  if packing is None:
-    return variables
-  with packed_matmul.packing(packing):
-    _, packed = model.apply(variables, method=Transformer.pack_weights, mutable=[PACKED])
-  return {**variables, **packed}
+  fmt = packs_weights(model.config, rows)
+  return variables if fmt is None else {**variables, **_pack(model, variables, fmt)}
 
 
 # format -> (the `params` leaves it was packed from, their variables with PACKED)
