@@ -34,10 +34,12 @@ PACKED_MATMUL_AVX512 = "ttc_packed_matmul_avx512_cpu"
 PACKED_MATMUL_BF16 = "ttc_packed_matmul_bf16_cpu"
 PACK_PANELS = "ttc_pack_panels_cpu"
 PACK_PANELS_BF16 = "ttc_pack_panels_bf16_cpu"
+RMS_NORM = "ttc_rms_norm_cpu"
 # target -> the handler symbol its source exports
 TARGETS = {DECODE_ATTENTION: "TtcDecodeAttention", PACKED_MATMUL: "TtcPackedMatmul",
            PACKED_MATMUL_AVX512: "TtcPackedMatmulAvx512", PACKED_MATMUL_BF16: "TtcPackedMatmulBf16",
-           PACK_PANELS: "TtcPackPanels", PACK_PANELS_BF16: "TtcPackPanelsBf16"}
+           PACK_PANELS: "TtcPackPanels", PACK_PANELS_BF16: "TtcPackPanelsBf16",
+           RMS_NORM: "TtcRmsNorm"}
 # -ffast-math lets the compiler reorder float sums (vectorised reductions);
 # -fno-finite-math-only keeps the -inf that starts a softmax max. -w: the XLA FFI
 # headers warn under gcc.

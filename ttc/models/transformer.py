@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ttc.kernels import decode_attention, packed_matmul
+from ttc.kernels import decode_attention, packed_matmul, rms_norm
 from ttc.models.config import ModelConfig
 from ttc.models.kv_cache import EMPTY_POSITION, KVCache, PrefixCache
 
@@ -199,9 +199,14 @@ class RMSNorm(nn.Module):
   param_dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, inference: bool = False):
+    """inference: nothing will be differentiated (a step with a KV cache), so on one
+    CPU device the compiled kernel may run (`ttc.kernels.rms_norm`: one call instead
+    of XLA's three thunks; it has no gradient)."""
     scale = self.param("scale", _param(("norm",), nn.initializers.ones), (x.shape[-1],),
                        self.param_dtype)
+    if inference and jnp.dtype(self.dtype) == jnp.float32 and rms_norm.usable(x, scale):
+      return rms_norm.normalize(x, scale, self.eps)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     # Llama casts back to the activation dtype before scaling; so do we, for parity.
@@ -456,11 +461,13 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.activation_dtype, cfg.weight_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+    inference = kv_cache is not None  # nothing is differentiated through a cache
     attn_out, new_cache = Attention(cfg, name="self_attn")(
-        norm("input_layernorm")(x_BxTxD), rope, mask_BxTxS, kv_cache, layer, write_slot,
-        prefix_kv, prefix_mask_BxTxP)
+        norm("input_layernorm")(x_BxTxD, inference), rope, mask_BxTxS, kv_cache, layer,
+        write_slot, prefix_kv, prefix_mask_BxTxP)
     x_BxTxD = x_BxTxD + drop(attn_out)
-    x_BxTxD = x_BxTxD + drop(MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD)))
+    mlp_in_BxTxD = norm("post_attention_layernorm")(x_BxTxD, inference)
+    x_BxTxD = x_BxTxD + drop(MLP(cfg, name="mlp")(mlp_in_BxTxD))
     x_BxTxD = constrain(x_BxTxD, ("activation_batch", "activation_length", "activation_embed"))
     return x_BxTxD, new_cache
 
@@ -519,7 +526,7 @@ class Transformer(nn.Module):
       layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i])
       x_BxTxD, kv = layer(x_BxTxD, rope, mask_BxTxS, deterministic, kv, i,
                           None if cache is None else cache.end, layer_prefix, prefix_mask_BxTxP)
-    x_BxTxD = self.norm(x_BxTxD)
+    x_BxTxD = self.norm(x_BxTxD, inference=cache is not None)
     if cache is None:
       return x_BxTxD, None
     new_cache = KVCache(k=kv[0], v=kv[1], positions=slot_positions_BxS,
