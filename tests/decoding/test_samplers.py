@@ -44,6 +44,18 @@ def test_top_k_and_top_p_truncate_and_renormalise():
   assert np.all(tokens == np.array([0, 3]))
 
 
+def test_truncation_is_judged_and_renormalised_on_the_tempered_distribution():
+  """At temperature 0.5 row 0's probabilities are 0.727, 0.182, 0.045, 0.045: a nucleus
+  of 0.8 holds the first two, renormalised to 0.8 and 0.2. top_p = 0 keeps the top token."""
+  tokens, logprobs = _draw(samplers.Temperature(0.5, top_k=3, top_p=0.8))
+  assert set(np.unique(tokens[:, 0])) == {0, 1}
+  np.testing.assert_allclose(np.exp(logprobs[:, 0]), np.where(tokens[:, 0] == 0, 0.8, 0.2),
+                             rtol=1e-5)
+  tokens, logprobs = _draw(samplers.Temperature(0.5, top_p=0.0), draws=50)
+  assert np.all(tokens == np.array([0, 3]))
+  np.testing.assert_allclose(logprobs, 0.0, atol=1e-6)
+
+
 def test_sampled_frequencies_follow_tempered_distribution():
   tokens, _ = _draw(samplers.Temperature(0.5), draws=4000)
   expected = np.array([0.5, 0.25, 0.125, 0.125]) ** 2

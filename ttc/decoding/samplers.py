@@ -22,16 +22,17 @@ def _row_values(value):
   return jnp.asarray(value, jnp.float32).reshape(-1, 1)
 
 
-def _chosen_logprob(logits_BxV, tokens_B, log_normaliser_B=None):
-  """[B] log softmax(logits)[b, tokens[b]], without materialising the [B, V] log-softmax.
+def _chosen_logprob(logits_BxV, tokens_B, log_normaliser_B=None, divisor_Bx1=1.0):
+  """[B] log softmax(logits / divisor)[b, tokens[b]], without materialising the [B, V]
+  log-softmax.
 
-  log_normaliser_B: logsumexp(logits) per row when the caller already has it.
+  log_normaliser_B: logsumexp(logits / divisor) per row when the caller already has it.
   """
   logits_BxV = logits_BxV.astype(jnp.float32)
-  chosen_B = jnp.take_along_axis(logits_BxV, tokens_B[:, None], axis=-1)[:, 0]
+  chosen_Bx1 = jnp.take_along_axis(logits_BxV, tokens_B[:, None], axis=-1) / divisor_Bx1
   if log_normaliser_B is None:
-    log_normaliser_B = jax.nn.logsumexp(logits_BxV, axis=-1)
-  return chosen_B - log_normaliser_B
+    log_normaliser_B = jax.nn.logsumexp(logits_BxV / divisor_Bx1, axis=-1)
+  return chosen_Bx1[:, 0] - log_normaliser_B
 
 
 _CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse CDF
@@ -51,18 +52,26 @@ def categorical(rng, logits_BxV):
   return _inverse_cdf(rng, logits_BxV)[0]
 
 
-def _inverse_cdf(rng, logits_BxV):
-  """`categorical`, and [B] float32 logsumexp(logits) from the same exp pass.
+def _inverse_cdf(rng, logits_BxV, divisor_Bx1=1.0, threshold_Bx1=None):
+  """`categorical` of logits / divisor, and [B] float32 logsumexp(logits / divisor) from
+  the same exp pass. threshold_Bx1: entries whose logits / divisor are below it get no
+  weight (truncation: top-k, top-p); never above a row's largest.
 
   The log-normaliser gives the chosen token's logprob without another two passes
   over the vocabulary (max, then sum of exp); at 64 rows x 49,152 logits each pass
-  took about 1 ms of a SmolLM2 decode step of about 250 ms on the 2-core CPU.
+  took about 1 ms of a SmolLM2 decode step of about 250 ms on the 2-core CPU. For
+  the same reason the temperature's divisor (> 0) is applied inside the exp pass,
+  not as a pass of its own: the max of logits / divisor is max(logits) / divisor
+  exactly (division by a positive number keeps the order, rounding included).
   """
   logits_BxV = logits_BxV.astype(jnp.float32)
   batch, vocab = logits_BxV.shape
   num_blocks = -(-vocab // _CDF_BLOCK)
-  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
-  weights_BxV = jnp.exp(logits_BxV - max_Bx1)
+  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True) / divisor_Bx1
+  exponents_BxV = logits_BxV / divisor_Bx1 - max_Bx1
+  if threshold_Bx1 is not None:  # before the exp: XLA fuses it into the exp's pass
+    exponents_BxV = jnp.where(logits_BxV / divisor_Bx1 >= threshold_Bx1, exponents_BxV, -jnp.inf)
+  weights_BxV = jnp.exp(exponents_BxV)
   weights_BxNxK = jnp.pad(weights_BxV, ((0, 0), (0, num_blocks * _CDF_BLOCK - vocab))).reshape(
       batch, num_blocks, _CDF_BLOCK)
   block_mass_BxN = jnp.sum(weights_BxNxK, axis=-1)
@@ -126,24 +135,41 @@ class Temperature:
     if not isinstance(self.top_k, int) or self.top_k < 0:
       raise ValueError(f"top_k must be a non-negative int, got {self.top_k!r}")
 
-  def scaled_logits(self, logits_BxV):
-    """[B, V] float32 logits of the truncated, tempered distribution (not normalised)."""
-    logits_BxV = logits_BxV.astype(jnp.float32)
-    temperature_Bx1 = _row_values(self.temperature)
-    scaled_BxV = logits_BxV / jnp.where(temperature_Bx1 > 0, temperature_Bx1, 1.0)
-    if self.top_k:
-      kth_Bx1 = jax.lax.top_k(scaled_BxV, self.top_k)[0][:, -1:]
-      scaled_BxV = jnp.where(scaled_BxV >= kth_Bx1, scaled_BxV, _MASKED)
+  def _threshold(self, logits_BxV, divisor_Bx1):
+    """[B, 1] float32: the smallest tempered logit (logits / divisor) top-k and the top-p
+    nucleus keep; -inf keeps all. A threshold, not masked logits: `_inverse_cdf` applies
+    it in its exp pass, where masking the [B, V] logits was a pass of its own (and a
+    copy of them where no row truncates)."""
+    batch = logits_BxV.shape[0]
     top_p_Bx1 = _row_values(self.top_p)
-    return jax.lax.cond(jnp.any(top_p_Bx1 < 1.0), _nucleus, lambda x, _: x, scaled_BxV,
-                        top_p_Bx1)
+
+    def kept(logits_BxV):
+      """(tempered logits, with those below the k-th masked; the k-th, or -inf)."""
+      scaled_BxV = logits_BxV / divisor_Bx1
+      if not self.top_k:
+        return scaled_BxV, jnp.full((batch, 1), -jnp.inf)
+      kth_Bx1 = jax.lax.top_k(scaled_BxV, self.top_k)[0][:, -1:]
+      return jnp.where(scaled_BxV >= kth_Bx1, scaled_BxV, _MASKED), kth_Bx1
+
+    def nucleus(logits_BxV):
+      scaled_BxV, kth_Bx1 = kept(logits_BxV)
+      return jnp.maximum(kth_Bx1, _nucleus_threshold(scaled_BxV, top_p_Bx1))
+
+    def top_k_only(logits_BxV):
+      return kept(logits_BxV)[1] if self.top_k else jnp.full((batch, 1), -jnp.inf)
+    return jax.lax.cond(jnp.any(top_p_Bx1 < 1.0), nucleus, top_k_only, logits_BxV)
 
   def __call__(self, logits_BxV, rng):
-    scaled_BxV = self.scaled_logits(logits_BxV)
-    sampled_B, log_normaliser_B = _inverse_cdf(rng, scaled_BxV)
-    greedy_B = jnp.broadcast_to((_row_values(self.temperature) <= 0)[:, 0], sampled_B.shape)
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    temperature_Bx1 = _row_values(self.temperature)
+    divisor_Bx1 = jnp.where(temperature_Bx1 > 0, temperature_Bx1, 1.0)
+    sampled_B, log_normaliser_B = _inverse_cdf(rng, logits_BxV, divisor_Bx1,
+                                               self._threshold(logits_BxV, divisor_Bx1))
+    greedy_B = jnp.broadcast_to((temperature_Bx1 <= 0)[:, 0], sampled_B.shape)
 
-    sampled_logprob = lambda tokens_B: _chosen_logprob(scaled_BxV, tokens_B, log_normaliser_B)
+    # A sampled token is never a masked one, so its tempered logit is logits / divisor.
+    sampled_logprob = lambda tokens_B: _chosen_logprob(logits_BxV, tokens_B, log_normaliser_B,
+                                                       divisor_Bx1)
     def with_greedy_rows():
       # Greedy rows report the model's own logprob, the others the sampled distribution's.
       tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BxV, axis=-1), sampled_B).astype(jnp.int32)
@@ -155,15 +181,15 @@ class Temperature:
                         lambda: (sampled_B, sampled_logprob(sampled_B)))
 
 
-def _nucleus(scaled_BxV, top_p_Bx1):
-  """Masks tokens outside the top-p nucleus. The most likely token always stays."""
+def _nucleus_threshold(scaled_BxV, top_p_Bx1):
+  """[B, 1] the smallest logit of the top-p nucleus: tokens at or above it are kept. The
+  most likely token always is."""
   sorted_BxV = jnp.sort(scaled_BxV, axis=-1)[:, ::-1]
   probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
   mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
   # The smallest kept logit: the last sorted one whose preceding mass is < top_p.
-  keep_BxV = mass_before_BxV < top_p_Bx1
-  threshold_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-  return jnp.where(scaled_BxV >= threshold_Bx1, scaled_BxV, _MASKED)
+  keep_BxV = (mass_before_BxV < top_p_Bx1).at[:, 0].set(True)
+  return jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
 
 
 Sampler = Greedy | Temperature

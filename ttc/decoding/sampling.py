@@ -122,7 +122,8 @@ class Samples:
 class SamplingState:
   step: jax.Array  # [] int32 tokens generated so far
   cache: KVCache
-  next_logits_BxV: jax.Array  # float32 logits for the token about to be sampled
+  next_logits_BxV: jax.Array  # float32 logits for the token about to be sampled (stale if stopped)
+  stopped_logits_BxV: jax.Array  # float32 next logits of stopped rows, kept when they stopped
   next_position_B: jax.Array  # int32 position id of that token
   tokens_BxG: jax.Array  # int32 generated tokens, pad after a row stops
   logprobs_BxG: jax.Array  # float32 log-probability of each generated token (0 for pad)
@@ -279,6 +280,7 @@ def decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rng
     budget_B = jnp.minimum(budget_B, max_new_tokens_B.astype(jnp.int32))
   state = SamplingState(
       step=jnp.zeros((), jnp.int32), cache=cache, next_logits_BxV=first_logits_BxV,
+      stopped_logits_BxV=first_logits_BxV,
       next_position_B=first_position_B.astype(jnp.int32),
       tokens_BxG=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
       logprobs_BxG=jnp.zeros((batch, max_new_tokens), jnp.float32),
@@ -303,9 +305,18 @@ def decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rng
     reason_B = jnp.where(active_B, reason_B, s.stop_reason_B).astype(jnp.int32)
     fed_position_B = jnp.where(active_B, s.next_position_B, EMPTY_POSITION)
     logits_BxV, cache = step(token_B, fed_position_B, s.cache)
+    # A row's logits after its stop token are kept aside at the step it stops, not by
+    # selecting every row's logits at every step: a pass over [B, V] that took 0.7% of
+    # a SmolLM2 decode step at 64 rows. Most steps stop no row and skip it; a caller
+    # that drops the continuation (`sample_n`) drops it from the program altogether.
+    stopping_B = active_B & (reason_B > 0)
+    stopped_logits_BxV = jax.lax.cond(
+        jnp.any(stopping_B),
+        lambda: jnp.where(stopping_B[:, None], logits_BxV, s.stopped_logits_BxV),
+        lambda: s.stopped_logits_BxV)
     return SamplingState(
-        step=s.step + 1, cache=cache,
-        next_logits_BxV=jnp.where(active_B[:, None], logits_BxV, s.next_logits_BxV),
+        step=s.step + 1, cache=cache, next_logits_BxV=logits_BxV,
+        stopped_logits_BxV=stopped_logits_BxV,
         next_position_B=s.next_position_B + active_B,
         tokens_BxG=s.tokens_BxG.at[:, s.step].set(token_B),
         logprobs_BxG=s.logprobs_BxG.at[:, s.step].set(logprob_B),
@@ -315,7 +326,9 @@ def decode(step: StepFn, cache: KVCache, first_logits_BxV, first_position_B, rng
   final = jax.lax.while_loop(cond, body, state)
   samples = Samples(tokens_BxG=final.tokens_BxG, logprobs_BxG=final.logprobs_BxG,
                     lengths_B=final.lengths_B, stop_reason_B=final.stop_reason_B)
-  return samples, Continuation(cache=final.cache, next_logits_BxV=final.next_logits_BxV,
+  next_logits_BxV = jnp.where(final.done_B[:, None], final.stopped_logits_BxV,
+                              final.next_logits_BxV)
+  return samples, Continuation(cache=final.cache, next_logits_BxV=next_logits_BxV,
                                next_position_B=final.next_position_B)
 
 
