@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "parallel_for.h"
+#include "vector_exp.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -112,11 +113,9 @@ void AttendOne(const Problem& p, int64_t b, int64_t h, float* scores, int64_t* v
     float* row = scores + g * capacity;
     float max = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < n; ++i) max = std::max(max, row[i]);
+    ttc::ExpShifted(row, max, n, row);  // vectorised: a scalar expf was most of the softmax
     float sum = 0.f;
-    for (int64_t i = 0; i < n; ++i) {
-      row[i] = std::exp(row[i] - max);
-      sum += row[i];
-    }
+    for (int64_t i = 0; i < n; ++i) sum += row[i];
     const float inv = 1.f / sum;
     for (int64_t i = 0; i < n; ++i) row[i] *= inv;
   }
