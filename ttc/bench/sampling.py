@@ -184,7 +184,7 @@ def main():
     import torch
     torch.set_num_threads(os.cpu_count())
 
-  kernels = ("decode attention; packed-weight matmuls where measured faster"
+  kernels = ("decode attention, RMSNorm; packed-weight matmuls where measured faster"
              if cpu_library.switched_on_here() else "off")
   # The machine's speed drifts over minutes, so the peak is measured again right
   # before each N's rows and their "of peak" uses that.
