@@ -155,9 +155,7 @@ class Temperature:
       scaled_BxV, kth_Bx1 = kept(logits_BxV)
       return jnp.maximum(kth_Bx1, _nucleus_threshold(scaled_BxV, top_p_Bx1))
 
-    def top_k_only(logits_BxV):
-      return kept(logits_BxV)[1] if self.top_k else jnp.full((batch, 1), -jnp.inf)
-    return jax.lax.cond(jnp.any(top_p_Bx1 < 1.0), nucleus, top_k_only, logits_BxV)
+    return jax.lax.cond(jnp.any(top_p_Bx1 < 1.0), nucleus, lambda x: kept(x)[1], logits_BxV)
 
   def __call__(self, logits_BxV, rng):
     logits_BxV = logits_BxV.astype(jnp.float32)
