@@ -10,6 +10,7 @@
 // Result: out float32 [M, D], out[m] = (x[m] * rsqrt(mean(x[m]^2) + eps)) * scale,
 // the order of Llama's float32 RMSNorm (normalise, then scale).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -46,7 +47,7 @@ ffi::Error RmsNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   float* y = out->typed_data();
   ttc::ParallelFor(pool, (m + kBlockRows - 1) / kBlockRows, [=](int64_t block) {
     const int64_t begin = block * kBlockRows;
-    NormalizeRows(xs, s, eps, d, begin, begin + kBlockRows < m ? begin + kBlockRows : m, y);
+    NormalizeRows(xs, s, eps, d, begin, std::min(begin + kBlockRows, m), y);
   });
   return ffi::Error::Success();
 }

@@ -18,8 +18,8 @@ typedef float Lanes8 __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t Ints8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 inline Lanes8 Exp8(Lanes8 x) {
-  const Lanes8 lowest = x < -87.3f ? Lanes8{} + 1.f : Lanes8{};  // e^x underflows: 0
-  x = x < -87.3f ? Lanes8{} - 87.3f : x;
+  const auto underflows = x < -87.3f;  // e^x is 0 in float32 there
+  x = underflows ? Lanes8{} - 87.3f : x;
   x = x > 88.3f ? Lanes8{} + 88.3f : x;
   // n = round(x / ln 2), by converting to int (which truncates) after adding +-0.5:
   // the add-and-subtract-2^23 trick does not survive -ffast-math's reassociation.
@@ -38,7 +38,7 @@ inline Lanes8 Exp8(Lanes8 x) {
   // Times 2^n: add n to the exponent bits.
   const Ints8 scaled = reinterpret_cast<const Ints8&>(p) + (ni << 23);
   const Lanes8 result = reinterpret_cast<const Lanes8&>(scaled);
-  return lowest != 0.f ? Lanes8{} : result;
+  return underflows ? Lanes8{} : result;
 }
 
 // out[i] = e^(in[i] - shift) for i < n; in and out may be the same.
