@@ -119,6 +119,32 @@ def test_prm_learns_and_keeps_its_best_parameters(policy_workdir):
   assert last[good].min() > last[~good].max()
 
 
+def test_the_sibling_loss_trains_and_the_held_out_ranking_is_reported(policy_workdir):
+  # Each question's right and wrong solutions differ from their first step on: one
+  # sibling pair per question, ranked by its labels 1 vs 0.
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  summary = training.train_prm(str(policy_workdir), task=TASK,
+                               training=_settings(sibling_weight=1.0))
+  records = [json.loads(l) for l in open(policy_workdir / "prm" / "metrics.jsonl")]
+  for r in records:
+    assert r["val_loss"] == pytest.approx(r["val_cross_entropy"] + r["val_sibling_loss"])
+  assert summary["best_val_loss"] == min(r["val_loss"] for r in records)
+  assert records[-1]["val_sibling_accuracy"] == 1.0
+  # Without the loss, the ranking is still measured, and the objective is the
+  # cross-entropy alone.
+  plain = training.train_prm(str(policy_workdir), task=TASK, output_dir="prm_plain",
+                             training=_settings(num_steps=25))
+  [record] = [json.loads(l) for l in open(policy_workdir / "prm_plain" / "metrics.jsonl")]
+  assert record["val_loss"] == record["val_cross_entropy"] == plain["best_val_loss"]
+  assert 0 <= record["val_sibling_accuracy"] <= 1
+
+
+def test_the_sibling_loss_is_refused_for_an_orm(policy_workdir):
+  write_labels(policy_workdir / "prm_labels.jsonl")
+  with pytest.raises(UserError, match="PRM option"):
+    training.train_orm(str(policy_workdir), task=TASK, training=_settings(sibling_weight=1.0))
+
+
 def test_early_stopping_stops_after_patience(policy_workdir):
   write_labels(policy_workdir / "prm_labels.jsonl")
   summary = training.train_orm(str(policy_workdir), task=TASK,
@@ -263,7 +289,8 @@ def test_cut_labels_file_through_the_driver_is_one_error_line(policy_workdir):
 
 @pytest.mark.parametrize("field, value", [
     ("patience", 0), ("max_length", 0), ("warmup_steps", -1), ("dropout_rate", 1.0),
-    ("learning_rate", 0.0), ("validation_percent", 101), ("batch_size", 0)])
+    ("learning_rate", 0.0), ("validation_percent", 101), ("batch_size", 0),
+    ("sibling_weight", -1.0)])
 def test_bad_hyperparameters_are_user_errors(field, value):
   with pytest.raises(UserError, match=field):
     training.RewardTraining(**{field: value})

@@ -13,6 +13,10 @@ sigmoid(value logit):
     `RewardTraining.labels = "hard"`, whether any did.
   * ORM: at the last token of the whole solution, against its final correctness.
 
+Optionally (`RewardTraining.sibling_weight` > 0, PRM only) a ranking loss on sibling
+steps (distinct next steps of one prefix, `sibling_pairs`) is added, and batches then
+hold whole questions so that siblings meet in one batch.
+
 10% of the questions (by uid hash) are held out; the held-out loss is measured
 every `eval_every` steps and training stops after `patience` measurements without
 improvement. The parameters of the best measurement are kept in `<output>/best`,
@@ -39,8 +43,13 @@ from etils import epath
 from ttc import checkpointing, multihost, partitioning, resumable, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.errors import UserError
-from ttc.train import metrics, optimizer, trainer
+from ttc.train import metrics, optimizer, sibling_pairs, trainer
 from ttc.verifiers import labeling, reward_model
+
+
+# Batch slots for sibling pairs, per solution of the batch: 8 questions x 16 samples of
+# the paper labels hold about 45 pairs with different labels (161 at most in 2000 draws).
+MAX_PAIRS_PER_ROW = 2
 
 
 @gin.configurable
@@ -66,6 +75,9 @@ class RewardTraining:
   patience: int = 5  # measurements without improvement before stopping
   max_length: int = 256  # tokens of prompt + solution; longer examples are skipped
   seed: int = 0
+  # Weight of the sibling ranking loss (`sibling_pairs`) beside the per-step
+  # cross-entropy; 0 = the paper's loss alone. A PRM option; the ORM has one target.
+  sibling_weight: float = 0.0
 
   def __post_init__(self):
     if self.labels not in ("soft", "hard"):
@@ -77,6 +89,8 @@ class RewardTraining:
     if self.warmup_steps < 0 or not 0 <= self.dropout_rate < 1 or self.learning_rate <= 0:
       raise UserError("RewardTraining needs warmup_steps >= 0, 0 <= dropout_rate < 1 and "
                       "learning_rate > 0")
+    if not self.sibling_weight >= 0:
+      raise UserError(f"RewardTraining.sibling_weight={self.sibling_weight} must be >= 0")
     if not 0 <= self.validation_percent <= 100:
       raise UserError(f"RewardTraining.validation_percent={self.validation_percent} must lie "
                       "in [0, 100]")
@@ -88,6 +102,8 @@ class Examples:
 
   tokens_MxL int32, lengths_M int32; targets at label_index_MxS (int32, 0 on
   padding) with value label_MxS (float32) and weight_MxS (1 real, 0 padding).
+  question_M int32 numbers the questions (host bookkeeping for sibling pairs and
+  batches; not a model input).
   """
 
   tokens_MxL: np.ndarray
@@ -95,12 +111,19 @@ class Examples:
   label_index_MxS: np.ndarray
   label_MxS: np.ndarray
   weight_MxS: np.ndarray
+  question_M: np.ndarray
 
   def __len__(self):
     return self.lengths_M.shape[0]
 
   def take(self, rows) -> dict:
-    return {k: v[rows] for k, v in dataclasses.asdict(self).items()}
+    """The model's batch arrays of these rows."""
+    return {k: v[rows] for k, v in dataclasses.asdict(self).items() if k != "question_M"}
+
+  def siblings(self) -> sibling_pairs.Pairs:
+    """The pairs of sibling steps whose labels differ (`sibling_pairs.find`)."""
+    return sibling_pairs.find(self.tokens_MxL, self.label_index_MxS, self.label_MxS,
+                              self.weight_MxS, self.question_M)
 
 
 def load_examples(task_name: str, split: str, kind: str, training: RewardTraining,
@@ -112,7 +135,7 @@ def load_examples(task_name: str, split: str, kind: str, training: RewardTrainin
   """
   dataset = seqio.get_mixture_or_task(task_name).get_dataset(
       sequence_length=None, split=split, shuffle=False)
-  rows, skipped, prompt_ids = [], 0, {}
+  rows, skipped, prompt_ids, question_ids = [], 0, {}, {}
   for ex in dataset.as_numpy_iterator():
     prompt = ex["prompt_text"].decode()
     if prompt not in prompt_ids:  # every sample of a question shares its prompt
@@ -131,19 +154,21 @@ def load_examples(task_name: str, split: str, kind: str, training: RewardTrainin
     if len(tokens) > training.max_length:
       skipped += 1
       continue
-    rows.append((tokens, index, label.tolist()))
+    question = question_ids.setdefault(ex["uid"], len(question_ids))
+    rows.append((tokens, index, label.tolist(), question))
   if not rows:
     raise UserError(f"the {split} split of {task_name} has no usable solutions "
                     f"({skipped} longer than max_length={training.max_length}); label more "
                     "questions or raise RewardTraining.max_length")
   if skipped:
     print(f"{split}: skipped {skipped} solutions longer than {training.max_length} tokens")
-  length = max(len(t) for t, _, _ in rows)
-  width = max(len(i) for _, i, _ in rows)
+  length = max(len(r[0]) for r in rows)
+  width = max(len(r[1]) for r in rows)
   ex = Examples(np.zeros((len(rows), length), np.int32), np.zeros((len(rows),), np.int32),
                 np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), np.float32),
-                np.zeros((len(rows), width), np.float32))
-  for m, (tokens, index, label) in enumerate(rows):
+                np.zeros((len(rows), width), np.float32),
+                np.asarray([r[3] for r in rows], np.int32))
+  for m, (tokens, index, label, _) in enumerate(rows):
     ex.tokens_MxL[m, :len(tokens)] = tokens
     ex.lengths_M[m] = len(tokens)
     ex.label_index_MxS[m, :len(index)] = index
@@ -152,31 +177,66 @@ def load_examples(task_name: str, split: str, kind: str, training: RewardTrainin
   return ex
 
 
-def batch_rows(step: int, batch_size: int, num_examples: int, seed: int) -> np.ndarray:
+def batch_rows(step: int, batch_size: int, num_examples: int, seed: int,
+               group_M=None) -> np.ndarray:
   """Example indices of a training step: consecutive slices of a fresh permutation per epoch.
 
-  A pure function of (step, seed), so a resumed run sees the same batches.
+  group_M: None, or a group id per example (its question): then each epoch permutes
+  the groups and keeps a group's examples together, so a batch holds whole groups
+  (but where it is cut). A pure function of (step, seed), so a resumed run sees the
+  same batches.
   """
   flat = np.arange(step * batch_size, (step + 1) * batch_size)
   epochs, within = flat // num_examples, flat % num_examples
   rows = np.empty_like(flat)
   for epoch in np.unique(epochs):
-    order = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
+    rng = np.random.default_rng([seed, int(epoch)])
+    if group_M is None:
+      order = rng.permutation(num_examples)
+    else:
+      _, dense_M = np.unique(group_M, return_inverse=True)
+      place_of_group = np.argsort(rng.permutation(dense_M.max() + 1))
+      order = np.argsort(place_of_group[dense_M], kind="stable")
     rows[epochs == epoch] = order[within[epochs == epoch]]
   return rows
 
 
-def value_loss(model, params, batch, deterministic=True, dropout_key=None):
-  """(weighted mean binary cross-entropy over targets, number of targets)."""
+def _value_logits(model, params, batch, deterministic, dropout_key):
+  """[M, S] value logits at the target tokens."""
   slots_L = jnp.arange(batch["tokens_MxL"].shape[1])
   positions = jnp.where(slots_L[None] < batch["lengths_M"][:, None], slots_L[None], -1)
   logits_MxL, _ = model.apply(params, batch["tokens_MxL"], positions,
                               deterministic=deterministic,
                               rngs=None if dropout_key is None else {"dropout": dropout_key})
-  logits_MxS = jnp.take_along_axis(logits_MxL, batch["label_index_MxS"], axis=1)
+  return jnp.take_along_axis(logits_MxL, batch["label_index_MxS"], axis=1)
+
+
+def _cross_entropy(logits_MxS, batch):
   losses = optax.sigmoid_binary_cross_entropy(logits_MxS, batch["label_MxS"])
   count = batch["weight_MxS"].sum()
   return (losses * batch["weight_MxS"]).sum() / jnp.maximum(count, 1.0), count
+
+
+def value_loss(model, params, batch, deterministic=True, dropout_key=None):
+  """(weighted mean binary cross-entropy over targets, number of targets)."""
+  return _cross_entropy(_value_logits(model, params, batch, deterministic, dropout_key), batch)
+
+
+def training_loss(model, params, batch, sibling_weight: float, deterministic=True,
+                  dropout_key=None):
+  """(objective, parts): the cross-entropy plus sibling_weight x the sibling ranking
+  loss where the batch carries pairs (`sibling_pairs.in_batch`). parts holds sums to
+  pool over batches: "targets", "cross_entropy" (x targets) and, with pairs, "pairs",
+  "sibling_loss" (x pairs) and "pairs_ranked_right"."""
+  logits_MxS = _value_logits(model, params, batch, deterministic, dropout_key)
+  mean, count = _cross_entropy(logits_MxS, batch)
+  parts = {"targets": count, "cross_entropy": mean * count}
+  objective = mean
+  if "pair_a_P" in batch:
+    pair_mean, pairs, right = sibling_pairs.loss(logits_MxS, batch)
+    parts.update(pairs=pairs, sibling_loss=pair_mean * pairs, pairs_ranked_right=right)
+    objective = objective + sibling_weight * pair_mean
+  return objective, parts
 
 
 def _early_stopping_state(logged: list[dict]):
@@ -241,6 +301,24 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
   start_from, checkpoint = _backbone(workdir, backbone, policy, policy_checkpoint)
   train_ex = load_examples(task_name, "train", kind, training, task, codec)
   val_ex = load_examples(task_name, "validation", kind, training, task, codec)
+  if kind == "orm" and training.sibling_weight:
+    raise UserError("RewardTraining.sibling_weight is a PRM option: an ORM has one target per "
+                    "solution, so no siblings; set it under prm/RewardTraining only")
+  # Sibling pairs are found for every PRM: the held-out ranking accuracy is reported
+  # even where the loss does not use them.
+  train_pairs = train_ex.siblings() if kind == "prm" else None
+  val_pairs = val_ex.siblings() if kind == "prm" else None
+  max_pairs = MAX_PAIRS_PER_ROW * training.batch_size
+  if train_pairs is not None:
+    print(f"prm: {len(train_pairs)} sibling pairs with different labels in training, "
+          f"{len(val_pairs)} held out")
+
+  def with_pairs(batch, rows, ex, pairs):
+    return batch if pairs is None else {**batch,
+                                        **sibling_pairs.in_batch(pairs, rows, len(ex), max_pairs)}
+
+  # Whole questions per batch where the loss needs siblings to meet; else as always.
+  train_groups = train_ex.question_M if training.sibling_weight else None
   # The reward model has the backbone's shape; its weights load only on a fresh start.
   config = dataclasses.replace(checkpoint.config, dropout_rate=training.dropout_rate)
   model = reward_model.RewardModel(config)
@@ -257,7 +335,8 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     batch_sharding = {
         name: partitioning.logical_to_sharding(
             ("activation_batch",) + (None,) * (array.ndim - 1), mesh, rules)
-        for name, array in train_ex.take(np.arange(1)).items()}
+        for name, array in with_pairs(train_ex.take(np.arange(1)), np.arange(1), train_ex,
+                                      train_pairs).items()}
     mngr = checkpointing.manager(os.path.join(out, "checkpoints"), keep=1)
     best_mngr = checkpointing.manager(os.path.join(out, "best"), keep=1)
     restored = checkpointing.restore_latest(mngr, abstract)
@@ -277,7 +356,8 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     def train_step(state, batch):
       key = jax.random.fold_in(jax.random.key(training.seed), state.step)
       (loss, _), grads = jax.value_and_grad(
-          lambda p: value_loss(model, p, batch, False, key), has_aux=True)(state.params)
+          lambda p: training_loss(model, p, batch, training.sibling_weight, False, key),
+          has_aux=True)(state.params)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            opt_state=opt_state), loss
@@ -285,18 +365,30 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     step_fn = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                       out_shardings=(shardings, partitioning.replicated(mesh)),
                       donate_argnums=(0,))
-    eval_fn = jax.jit(lambda params, batch: value_loss(model, params, batch),
-                      in_shardings=(shardings.params, batch_sharding))
+    eval_fn = jax.jit(
+        lambda params, batch: training_loss(model, params, batch, training.sibling_weight)[1],
+        in_shardings=(shardings.params, batch_sharding))
 
-    def held_out_loss(params):
-      total, count = 0.0, 0.0
+    def held_out(params) -> dict:
+      """{"val_loss": the objective, pooled over the held-out solutions} and, for a
+      PRM, its parts and the held-out sibling pairs ranked right."""
+      sums = {}
       for begin in range(0, len(val_ex), training.batch_size):
         rows = np.arange(begin, begin + training.batch_size)
         batch = val_ex.take(np.minimum(rows, len(val_ex) - 1))
         batch["weight_MxS"] = batch["weight_MxS"] * (rows < len(val_ex))[:, None]
-        loss, n = eval_fn(params, multihost.global_batch(batch, batch_sharding))
-        total, count = total + float(loss) * float(n), count + float(n)
-      return total / max(count, 1.0)
+        batch = with_pairs(batch, rows[rows < len(val_ex)], val_ex, val_pairs)
+        parts = eval_fn(params, multihost.global_batch(batch, batch_sharding))
+        for name, value in parts.items():
+          sums[name] = sums.get(name, 0.0) + float(value)
+      out = {"val_loss": sums["cross_entropy"] / max(sums["targets"], 1.0)}
+      if "pairs" in sums:
+        pairs = max(sums["pairs"], 1.0)
+        out.update(val_cross_entropy=out["val_loss"],
+                   val_sibling_loss=sums["sibling_loss"] / pairs,
+                   val_sibling_accuracy=sums["pairs_ranked_right"] / pairs)
+        out["val_loss"] += training.sibling_weight * out["val_sibling_loss"]
+      return out
 
     progress = tqdm.tqdm(total=training.num_steps, initial=start_step, desc=f"train_{kind}",
                          unit="step", dynamic_ncols=True, disable=None)
@@ -305,16 +397,17 @@ def fit(workdir: str, kind: str, labels_file: str, output_dir: str, training: Re
     with metrics_log:
       started = time.perf_counter()
       while step < training.num_steps and not stopped_early:
-        batch = train_ex.take(batch_rows(step, training.batch_size, len(train_ex),
-                                         training.seed))
+        rows = batch_rows(step, training.batch_size, len(train_ex), training.seed, train_groups)
+        batch = with_pairs(train_ex.take(rows), rows, train_ex, train_pairs)
         # Every process holds the examples; each places the rows its devices hold.
         state, loss = step_fn(state, multihost.global_batch(batch, batch_sharding))
         step += 1
         progress.update(1)
         if step % training.eval_every and step != training.num_steps:
           continue
-        val_loss = held_out_loss(state.params)
-        record = {"step": step, "loss": float(loss), "val_loss": val_loss,
+        measured = held_out(state.params)
+        val_loss = measured["val_loss"]
+        record = {"step": step, "loss": float(loss), **measured,
                   "learning_rate": float(schedule(step - 1)),
                   "seconds": time.perf_counter() - started}
         metrics_log.write(record)
