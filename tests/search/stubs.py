@@ -61,6 +61,9 @@ class StubPolicy:
   depth: int
   num_choices: int
   logits: tuple = ()  # over choices; empty = uniform
+  # The log-probability the stub reports for each choice's token (its delimiter
+  # gets 0), whatever it sampled from; empty = 0 for all.
+  choice_logprobs: tuple = ()
 
   def prepare(self, params, num_rows):
     return params
@@ -85,7 +88,10 @@ class StubPolicy:
       depth_B = depth_B + active_B
     tokens_BxG = jnp.stack(tokens, axis=1).astype(jnp.int32)
     reached_end_B = (depth_B == self.depth) & ~state.finished_B
-    out = sampling.Samples(tokens_BxG=tokens_BxG, logprobs_BxG=jnp.zeros(tokens_BxG.shape),
+    reported = jnp.asarray((0.0,) + (self.choice_logprobs or (0.0,) * self.num_choices))
+    is_choice = jnp.arange(tokens_BxG.shape[1]) % 2 == 0
+    logprobs_BxG = jnp.where(is_choice, reported[jnp.where(is_choice, tokens_BxG, 0)], 0.0)
+    out = sampling.Samples(tokens_BxG=tokens_BxG, logprobs_BxG=logprobs_BxG,
                            lengths_B=lengths,
                            stop_reason_B=jnp.where(
                                reached_end_B, sampling.StopReason.EOS,

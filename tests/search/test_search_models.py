@@ -93,8 +93,9 @@ def test_beam_scores_equal_whole_sequence_scores_and_lookahead_k0_is_beam(models
 # REBASE from particle filtering only in turning the same weights into counts. One
 # parameter (~30 s) covers what the new rules add to the program on a mesh: comparing
 # prefixes, drawing parents, counting distinct prefixes; beam_m2_vote also sums the
-# scores of each prefix's copies (lookahead_k1_m2 runs the plain rule "top").
-@pytest.mark.parametrize("name", ["beam_m2_vote", "lookahead_k1_m2", "particles_dedup"])
+# scores of each prefix's copies after weighing each by its step's likelihood
+# (lookahead_k1_m2 runs the plain rule "top").
+@pytest.mark.parametrize("name", ["beam_m2_lik8_vote", "lookahead_k1_m2", "particles_dedup"])
 def test_search_on_8_device_mesh_matches_one_device(models, name):
   policy, prm, policy_params, prm_params = models
   one = _search(models, name, 4)

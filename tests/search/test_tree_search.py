@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ttc.decoding import samplers
-from ttc.search import methods, tree_search
+from ttc.search import methods, selection, tree_search
 from ttc.verifiers import aggregation
 from tests.search.stubs import StubPolicy, StubPrm, paths
 
@@ -91,6 +91,32 @@ def test_new_selection_rules_finish_every_row_count_budgets_and_distinct_prefixe
   np.testing.assert_array_equal(distinct[2], -1)
 
 
+def test_the_step_likelihood_steers_selection_where_the_prm_cannot():
+  # A constant PRM ranks nothing; the policy reports choice 0 as likely (log-prob 0)
+  # and choice 1 as unlikely (-5), while sampling both alike. Valued with the step's
+  # likelihood, beam search keeps the rows that just wrote 0 (a sibling pair differs
+  # by 8 x 5 / 2 = 20 in logit); without it, ties go to the lower rows. The last of
+  # the 3 steps ends each row unselected, so the first two are what selection chose.
+  policy = StubPolicy(depth=3, num_choices=2, choice_logprobs=(0.0, -5.0))
+  constant = StubPrm(2, lambda path, depth: jnp.full(path.shape, 0.5))
+  steered = paths(_run(policy, constant, "beam_m4_lik8", 16, num_problems=8), 2) // 2
+  plain = paths(_run(policy, constant, "beam_m4", 16, num_problems=8), 2) // 2
+  # About half of 16 rows write 0 each round, so 4 parents that did are almost sure;
+  # by chance a quarter of the rows' first two choices are 0.
+  assert np.mean(steered == 0) > 0.9 and np.mean(plain == 0) < 0.5, (steered, plain)
+
+
+def test_the_likelihood_value_is_the_logit_shift_and_spares_rows_that_wrote_nothing():
+  value_B = jnp.asarray([0.5, 0.8, 0.3, 0.0])
+  logprobs_BxG = jnp.asarray([[-1.0, -3.0], [-0.5, 0.0], [0.0, 0.0], [0.0, 0.0]])
+  lengths_B = jnp.asarray([2, 1, 0, 2])
+  got = selection.with_step_likelihood(value_B, logprobs_BxG, lengths_B, 2.0)
+  logit = lambda p: np.log(p) - np.log1p(-p)
+  expected = [1 / (1 + np.exp(-(0.0 + 2 * -2.0))), 1 / (1 + np.exp(-(logit(0.8) + 2 * -0.5))),
+              0.3, 1 / (1 + np.exp(-logit(1e-6)))]
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_dedup_keeps_the_distinct_prefixes_that_beam_search_collapses():
   # Prefixes on the best path score 0.9, others 0.02: beam search keeps the top 4 of
   # 16, mostly copies of the path's first step; with dedup it keeps 4 distinct ones.
@@ -166,13 +192,16 @@ def test_padding_problems_generate_nothing():
     ("lookahead_k3", 4, 1, 1, 1, 3),
     ("dvts_m4", 64, 64, 4, 4, 0), ("beam_m4", 2, 2, 2, 2, 0),
     ("particles", 16, 16, 16, 1, 0), ("rebase_t0.5_dedup", 8, 8, 8, 1, 0),
-    ("lookahead_k1_dedup", 16, 8, 8, 4, 1), ("dvts_m4_dedup", 16, 16, 4, 4, 0)])
+    ("lookahead_k1_dedup", 16, 8, 8, 4, 1), ("dvts_m4_dedup", 16, 16, 4, 4, 0),
+    ("dvts_m4_lik8_vote", 16, 16, 4, 4, 0), ("lookahead_k1_lik0.5", 16, 8, 8, 4, 1)])
 def test_method_configs(name, budget, rows, group, expand, k):
   c = methods.make_config(name, budget, max_solution_tokens=64, max_step_tokens=16)
   assert (c.num_rows, c.group_size, c.expand, c.lookahead_steps) == (rows, group, expand, k)
   # With one row there is nothing to select, so no rollouts run.
   assert c.generations == rows * (k + 1 if c.selects else 1) <= budget
-  assert c.dedup == name.endswith("_dedup")
+  assert c.dedup == name.endswith("_dedup") and c.vote == name.endswith("_vote")
+  assert c.likelihood_weight == {"dvts_m4_lik8_vote": 8.0,
+                                 "lookahead_k1_lik0.5": 0.5}.get(name, 0.0)
 
 
 @pytest.mark.parametrize("name,rule,temperature,dedup,vote", [
@@ -197,6 +226,12 @@ def test_unknown_method_is_one_clear_error():
     methods.make_config("beam4", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="best_of_n_dedup: best-of-N has no selection rounds"):
     methods.make_config("best_of_n_dedup", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="best_of_n_lik8: best-of-N has no selection rounds"):
+    methods.make_config("best_of_n_lik8", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="unknown search method 'beam_m4_vote_lik8'"):
+    methods.make_config("beam_m4_vote_lik8", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="likelihood_weight=-1.0 must be >= 0"):
+    tree_search.SearchConfig(num_rows=4, group_size=4, expand=4, likelihood_weight=-1.0)
   with pytest.raises(ValueError, match="particles_vote: particles already weighs every copy"):
     methods.make_config("particles_vote", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="vote is for selection 'top'"):

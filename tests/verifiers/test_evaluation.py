@@ -8,23 +8,30 @@ always wrong, whatever the reward models say.
 
 import json
 
+import jax
 import pytest
 
-from ttc import workdir as workdir_lib
+from ttc import partitioning, workdir as workdir_lib
 from ttc.data import arith_task
 from ttc.decoding import sampling
 from ttc.errors import UserError
 from ttc.verifiers import evaluation, labeling
-from tests.verifiers.conftest import write_reward_model
+from ttc.models.transformer import Transformer
+from tests.verifiers.conftest import POLICY_CONFIG, write_reward_model
 from tests.verifiers.test_labeling import LEVELS, FakePolicy, no_step_checker_task
 
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-  """The fake char-vocabulary policy, and a random PRM and ORM that read its tokens."""
+  """The fake char-vocabulary policy, and a random PRM and ORM that read its tokens.
+
+  Its samples come from `FakePolicy`; a random tiny Transformer stands in for its
+  weights, which only the steps' likelihoods read."""
   monkeypatch.setattr(sampling, "sample_prompts", FakePolicy())
+  model = Transformer(POLICY_CONFIG)
+  params = partitioning.init_params(model, jax.random.key(3))
   monkeypatch.setattr(workdir_lib, "load_policy", lambda source, devices, workdir="": workdir_lib.Policy(
-      None, None, workdir_lib.char_codec(), source, "workdir", 7))
+      model, params, workdir_lib.char_codec(), source, "workdir", 7))
   for name, seed in (("prm", 1), ("orm", 2)):
     write_reward_model(tmp_path / name, seed)
   return tmp_path
@@ -82,6 +89,12 @@ def test_step_metrics_of_a_task_with_a_step_checker(workdir):
   # differs from the step + newline: 2 + 2 pairs there, 1 + 2 for two-step problems.
   assert (within["pairs"], within["parents"], within["questions"]) == (14, 8, 4)
   assert constant["pairs"] == within["pairs"]
+  # The policy's step likelihood and the PRM weighed with it rank the same pairs.
+  assert set(results["sibling_auroc"]) == {"PRM", "constant", "policy likelihood",
+                                           "PRM + 8 x likelihood"}
+  for name in ("policy likelihood", "PRM + 8 x likelihood"):
+    ranked = results["sibling_auroc"][name]
+    assert ranked["pairs"] == within["pairs"] and 0.0 <= ranked["auroc"] <= 1.0
 
 
 def test_a_task_without_step_checker_reports_step_metrics_as_null(workdir, capsys):
@@ -117,3 +130,9 @@ def test_bad_settings_are_user_errors_before_any_work(tmp_path, overrides):
   kwargs.update(overrides)
   with pytest.raises(UserError, match="evaluate_verifiers"):
     evaluation.evaluate_verifiers(str(tmp_path), **kwargs)
+
+
+def test_a_steps_likelihood_is_the_mean_over_its_own_tokens():
+  # Prompt tokens 0..1; steps end at tokens 3 and 5 (delimiter, then EOS).
+  assert evaluation._step_mean_logprobs([0.0, -9.0, -1.0, -2.0, -3.0, -5.0], [3, 5], 2) == [
+      -1.5, -4.0]

@@ -87,6 +87,24 @@ def test_steps_that_do_not_fit_are_flagged():
   assert int(state.tokens_scored) == 3 + 8 + 3
 
 
+def test_token_logprobs_are_each_next_tokens_log_softmax_and_zero_elsewhere():
+  policy = Transformer(CONFIG)
+  params = partitioning.init_params(policy, jax.random.key(2))
+  rows = [[3, 4, 5, 6, 7], [8, 9, 10]]
+  got = scoring.score_solutions(policy, params, rows, [list(range(len(r))) for r in rows],
+                                batch_size=2, per_token=scoring.token_logprobs)
+  for row, values in zip(rows, got):
+    logits, _ = policy.apply(params, jnp.asarray([row]), jnp.arange(len(row))[None])
+    expected = jax.nn.log_softmax(logits[0, :-1], axis=-1)[jnp.arange(len(row) - 1),
+                                                           jnp.asarray(row[1:])]
+    assert values[0] == 0.0
+    np.testing.assert_allclose(values[1:], expected, atol=1e-5)
+  # Padding reads 0.
+  padded = scoring.token_logprobs(policy, params, jnp.asarray([[3, 4, 0, 0]]),
+                                  jnp.asarray([2]))
+  np.testing.assert_array_equal(np.asarray(padded)[0, 2:], 0.0)
+
+
 def test_score_solutions_rejects_indices_outside_the_sequence():
   model, params = _model_and_params()
   with pytest.raises(ValueError, match="outside"):

@@ -23,6 +23,10 @@ only the first copy of each distinct solution so far is a parent
 Beam, lookahead and DVTS may end in `_vote` instead (beam_m4_vote): deduplicated,
 and each parent valued by the summed scores of its copies (`SearchConfig.vote`,
 weighted best-of-N's rule applied to every step).
+Before those endings, any step-by-step method may take `_lik{w}` (beam_m4_lik8,
+dvts_m4_lik8_vote): selection values each new step by logit(PRM score) plus w times
+the policy's mean log-probability per token of that step
+(`SearchConfig.likelihood_weight`, `selection.with_step_likelihood`).
 Particles and REBASE run no rollouts: they use N generations.
 
 M is capped at N (a budget of 2 cannot expand 4 ways).
@@ -46,10 +50,11 @@ _PATTERNS = (
     ("rebase", re.compile(r"rebase" + _TEMPERATURE)),
 )
 _SUFFIXES = ("_dedup", "_vote")
+_LIKELIHOOD = re.compile(r"_lik(\d+(?:\.\d*)?|\.\d+)$")
 _VOTERS = ("beam", "beam_sqrt", "lookahead", "dvts")  # rule "top"
 _FORMS = ("best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] "
           "or rebase[_t<t>], any but best_of_n optionally ending in _dedup, beam, lookahead "
-          "and dvts in _vote")
+          "and dvts in _vote, and before those, any but best_of_n in _lik<w>")
 
 
 def sqrt_width(num_rows: int) -> int:
@@ -59,22 +64,32 @@ def sqrt_width(num_rows: int) -> int:
 
 def parse(name: str) -> tuple[str, tuple[float, ...], str]:
   """(kind, numbers, suffix): ('beam', (4,), '') from 'beam_m4', ('particles', (0.5,),
-  '_dedup') from 'particles_t0.5_dedup'; ValueError naming the accepted forms otherwise."""
+  '_dedup') from 'particles_t0.5_dedup', ('dvts', (4,), '_lik8_vote') from
+  'dvts_m4_lik8_vote'; ValueError naming the accepted forms otherwise."""
   suffix = next((end for end in _SUFFIXES if name.endswith(end)), "")
   base = name[:len(name) - len(suffix)]
+  likelihood = _LIKELIHOOD.search(base)
+  if likelihood:
+    base, suffix = base[:likelihood.start()], likelihood.group(0) + suffix
   for kind, pattern in _PATTERNS:
     match = pattern.fullmatch(base)
     if match:
       if suffix and kind == "best_of_n":
         raise ValueError(f"{name}: best-of-N has no selection rounds, so nothing to "
-                         "deduplicate or vote on; use best_of_n")
-      if suffix == "_vote" and kind not in _VOTERS:
+                         "deduplicate, vote on or weigh by likelihood; use best_of_n")
+      if suffix.endswith("_vote") and kind not in _VOTERS:
         raise ValueError(f"{name}: {kind} already weighs every copy of a solution; "
                          f"_vote is for {', '.join(_VOTERS)}")
       numbers = tuple(float(g) if kind in ("particles", "rebase") else int(g)
                       for g in match.groups() if g is not None)
       return kind, numbers, suffix
   raise ValueError(f"unknown search method {name!r}; use {_FORMS}")
+
+
+def likelihood_weight(suffix: str) -> float:
+  """w of a `_lik{w}` in a method's suffix (`parse`), 0.0 without one."""
+  match = re.match(r"_lik(\d+(?:\.\d*)?|\.\d+)", suffix)
+  return float(match.group(1)) if match else 0.0
 
 
 def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_tokens: int,
@@ -129,5 +144,6 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
       step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,
       max_solution_tokens=max_solution_tokens, max_rounds=max_rounds, num_slots=num_slots,
       prm_slots=prm_slots, prm_chunk=prm_chunk, selection=rule,
-      selection_temperature=temperature, dedup=suffix == "_dedup", vote=suffix == "_vote")
+      selection_temperature=temperature, dedup=suffix.endswith("_dedup"),
+      vote=suffix.endswith("_vote"), likelihood_weight=likelihood_weight(suffix))
   return config

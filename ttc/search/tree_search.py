@@ -82,6 +82,10 @@ class SearchConfig:
     group (`selection.votes`: weighted best-of-N's sum per answer, applied to each
     solution so far); rule "top" only (the weighting rules already give a solution
     the weight of all its copies).
+  likelihood_weight: w >= 0; selection values a row by sigmoid(logit(value) + w x
+    the mean log-probability per token of its latest step under the sampler)
+    (`selection.with_step_likelihood`); 0 = the value alone. The final answer is
+    still weighted best-of-N on PRM scores.
   """
 
   num_rows: int
@@ -99,6 +103,7 @@ class SearchConfig:
   selection_temperature: float = 1.0
   dedup: bool = False
   vote: bool = False
+  likelihood_weight: float = 0.0
 
   def __post_init__(self):
     if self.num_rows < 1 or self.num_rows % self.group_size:
@@ -111,8 +116,11 @@ class SearchConfig:
     if self.selection not in selection.RULES or not self.selection_temperature > 0:
       raise ValueError(f"selection={self.selection!r} must be one of {selection.RULES} and "
                        f"selection_temperature={self.selection_temperature} > 0")
-    if (self.dedup or self.vote) and not self.step_by_step:
-      raise ValueError("dedup and vote need step_by_step: whole solutions are never selected")
+    if (self.dedup or self.vote or self.likelihood_weight) and not self.step_by_step:
+      raise ValueError("dedup, vote and likelihood_weight need step_by_step: whole solutions "
+                       "are never selected")
+    if not self.likelihood_weight >= 0:
+      raise ValueError(f"likelihood_weight={self.likelihood_weight} must be >= 0")
     if self.vote and self.selection != "top":
       raise ValueError(f"vote is for selection 'top'; {self.selection!r} already weighs "
                        "every copy of a solution")
@@ -323,6 +331,9 @@ def _round(policy, prm, policy_params, prm_params, rng, sampler, config: SearchC
                                       prm_state, score_B, length_B, config, num_problems)
       generated_Q += rollout_Q
       prm_tokens_Q += rollout_Q
+    if config.likelihood_weight:
+      value_B = selection.with_step_likelihood(value_B, out.logprobs_BxG, out.lengths_B,
+                                               config.likelihood_weight)
     alive_QxN = ~policy.finished(policy_state).reshape(num_problems, num_rows)
     parent_QxN, distinct_Q = _select(
         config, jax.random.fold_in(round_key, _SELECTION_STREAM),

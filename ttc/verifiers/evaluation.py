@@ -6,7 +6,9 @@ with both reward models (whole-sequence passes) and reports:
   * step-level, where the task has a ground-truth step checker (arith does, MATH does
     not; otherwise these are null): AUROC of the PRM's score on correct steps vs the
     first wrong step, the same AUROC within siblings (candidate next steps of one
-    prefix, what beam search compares; `metrics.sibling_counts`), and
+    prefix, what beam search compares; `metrics.sibling_counts`), also for the
+    policy's own mean log-probability per token of each step and for the PRM
+    weighed with it as search's `_lik{w}` methods do, and
     ProcessBench-style first-error F1 at threshold 0.5 and at the threshold that
     maximises F1 on the labels' held-out questions (never on the evaluated split);
   * answer accuracy at N = 1, 4, 16, 64 (disjoint groups of the K samples) for
@@ -35,6 +37,7 @@ from ttc import resumable, stats, workdir as workdir_lib
 from ttc.data import task as task_lib
 from ttc.decoding import generation, samplers
 from ttc.errors import UserError
+from ttc.search import selection
 from ttc.verifiers import aggregation, labeling, metrics, scoring
 
 PRM_AGGREGATIONS = ("last", "min", "prod")
@@ -129,12 +132,36 @@ def _step_metrics(prm_steps: list, truth: list, threshold: float) -> dict:
           "f1@held_out": metrics.first_error_f1(scores, labels, threshold)}
 
 
-def _sibling_metrics(step_texts: list, prm_steps: list, truth: list, num_samples: int) -> dict:
-  """{"PRM": ..., "constant": ...}: `metrics.sibling_auroc` over questions, whose
-  solutions are consecutive runs of `num_samples` in the flat per-solution lists."""
+def _step_mean_logprobs(token_logprobs: list, ends: list, first: int) -> list:
+  """Per step, the mean of its tokens' log-probabilities: the tokens after the previous
+  step's end (for the first step, from index `first`, the solution's first token)
+  through its own end, as search's step samples hold them."""
+  starts = [first] + [e + 1 for e in ends[:-1]]
+  return [float(np.mean(token_logprobs[s:e + 1])) for s, e in zip(starts, ends)]
+
+
+def _with_likelihood(prm_steps: list, likelihood_steps: list, weight: float) -> list:
+  """Per step, the value search's `_lik{w}` methods select by
+  (`selection.with_step_likelihood`), ragged like prm_steps."""
+  flat = np.asarray([v for s in prm_steps for v in s], np.float32)
+  mean = np.asarray([v for s in likelihood_steps for v in s], np.float32)
+  values = np.asarray(selection.with_step_likelihood(
+      jnp.asarray(flat), jnp.asarray(mean)[:, None], jnp.ones(flat.shape, jnp.int32), weight))
+  out, begin = [], 0
+  for s in prm_steps:
+    out.append(values[begin:begin + len(s)].tolist())
+    begin += len(s)
+  return out
+
+
+def _sibling_metrics(step_texts: list, step_scores: dict, truth: list, num_samples: int) -> dict:
+  """{name: ...} for each verifier's step scores of `step_scores` and "constant":
+  `metrics.sibling_auroc` over questions, whose solutions are consecutive runs of
+  `num_samples` in the flat per-solution lists."""
   per_question = lambda a: [a[i:i + num_samples] for i in range(0, len(a), num_samples)]
   out = {}
-  for name, scores in (("PRM", prm_steps), ("constant", _constant(prm_steps))):
+  some = next(iter(step_scores.values()))
+  for name, scores in (*step_scores.items(), ("constant", _constant(some))):
     counts = [metrics.sibling_counts(*q) for q in zip(per_question(step_texts),
                                                       per_question(scores), per_question(truth))]
     out[name] = metrics.sibling_auroc(counts)
@@ -157,7 +184,7 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
                        max_problems_per_level: int = 0, score_batch_size: int = 64,
                        prm_dir: str = "prm", orm_dir: str = "orm",
                        labels_file: str = "prm_labels.jsonl", validation_percent: int = 10,
-                       seed: int = 0, output_name: str = ""):
+                       seed: int = 0, output_name: str = "", likelihood_weight: float = 8.0):
   """Samples `num_samples` solutions per problem of `split` and measures both verifiers.
 
   task: a `ttc.data.task.Task` (or a registered task name).
@@ -165,6 +192,8 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
     reward models in `prm_dir` / `orm_dir` (under the work dir) must read its tokens.
   output_name: the results file in the work dir ("" = `verifiers_<split>.json`), e.g.
     one per `prm_dir` when comparing PRMs on the same samples.
+  likelihood_weight: w of the "PRM + w x likelihood" sibling AUROC (search's
+    `_lik{w}` methods).
   Returns the results written there; the step-level entries are None where the task
   has no step checker.
   """
@@ -189,19 +218,26 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
     solutions = sample_solutions(loaded, task, problems, num_samples=num_samples,
                                  temperature=temperature, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, seed=seed)
-    seqs, ends, lasts = [], [], []
+    seqs, ends, lasts, firsts = [], [], [], []
     for problem, rows in zip(problems, solutions):
       prompt_ids = codec.encode_prompt(task.prompt(problem), task.chat)
       s, e, l = solution_sequences(task, codec, prompt_ids, [r["text"] for r in rows])
       seqs += s
       ends += e
       lasts += l
+      firsts += [len(prompt_ids)] * len(s)
     prm_steps = scoring.score_solutions(prm, prm_params, seqs, ends, batch_size=score_batch_size)
     orm_final = [s[0] for s in scoring.score_solutions(orm, orm_params, seqs, lasts,
                                                        batch_size=score_batch_size)]
     threshold = (_threshold_from_labels(task, codec, prm, prm_params,
                                         os.path.join(workdir, labels_file), validation_percent,
                                         score_batch_size) if checked else None)
+    if checked:  # only sibling AUROC reads it, and that needs the step checker
+      token_logprobs = scoring.score_solutions(
+          loaded.model, loaded.params, seqs, [list(range(len(s))) for s in seqs],
+          batch_size=score_batch_size, per_token=scoring.token_logprobs)
+      likelihood_steps = [_step_mean_logprobs(*args)
+                          for args in zip(token_logprobs, ends, firsts)]
 
   flat = [r for rows in solutions for r in rows]
   step_scores, num_steps = _padded(prm_steps)
@@ -213,7 +249,10 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
     truth = [task.step_correctness(p, r["text"]) for p, rows in zip(problems, solutions)
              for r in rows]
     steps = _step_metrics(prm_steps, truth, threshold)
-    siblings = _sibling_metrics([_step_texts(task, r["text"]) for r in flat], prm_steps, truth,
+    verifiers = {"PRM": prm_steps, "policy likelihood": likelihood_steps,
+                 f"PRM + {likelihood_weight:g} x likelihood": _with_likelihood(
+                     prm_steps, likelihood_steps, likelihood_weight)}
+    siblings = _sibling_metrics([_step_texts(task, r["text"]) for r in flat], verifiers, truth,
                                 num_samples)
 
   # Answer level: [Q, K] arrays, answers made ids per question (equal ids = same answer).
@@ -269,8 +308,9 @@ def evaluate_verifiers(workdir: str, task=gin.REQUIRED, policy: str = "", split:
     print("PRM AUROC within siblings (next steps of one prefix, as beam search compares): "
           f"{stats.format_interval(within['auroc'], within['low'], within['high'])} on "
           f"{within['pairs']} pairs under {within['parents']} prefixes of "
-          f"{within['questions']} problems; constant "
-          f"verifier {siblings['constant']['auroc']:.3f}")
+          f"{within['questions']} problems; " + "; ".join(
+              f"{name} {stats.format_interval(v['auroc'], v['low'], v['high'])}"
+              for name, v in siblings.items() if name != "PRM"))
     for name, f1 in (("0.5", steps["f1@0.5"]),
                      (f"{threshold:.2f} (held-out labels)", steps["f1@held_out"])):
       print(f"PRM first-error F1 at threshold {name}: {f1['f1']:.3f} (error acc "

@@ -13,6 +13,9 @@ Two ways to get the same numbers:
     the same parent indices as the policy's `steps.take_rows`.
 
 Scores are probabilities in [0, 1]: sigmoid of the model's value logit at a token.
+`token_logprobs` reads a policy the same way (`score_solutions(..., per_token=...)`):
+each token's log-probability given the ones before it, the policy's own confidence in
+a step (`evaluate_verifiers` ranks siblings by it).
 """
 
 import functools
@@ -37,11 +40,27 @@ def score_sequences(model: RewardModel, params, tokens_BxL, lengths_B):
   return jnp.where(real_BxL, jax.nn.sigmoid(logits_BxL), 0.0)
 
 
-def score_solutions(model: RewardModel, params, sequences: list[list[int]],
-                    read_at: list[list[int]], *, batch_size: int = 64,
-                    min_length: int = 16) -> list[list[float]]:
+@functools.partial(jax.jit, static_argnames=("model",))
+def token_logprobs(model, params, tokens_BxL, lengths_B):
+  """[B, L] float32 log-probability of each token of right-padded sequences given the
+  tokens before it, under a policy (`Transformer`); 0 at the first token and on padding."""
+  slots_L = jnp.arange(tokens_BxL.shape[1])
+  real_BxL = slots_L[None] < lengths_B[:, None]
+  positions_BxL = jnp.where(real_BxL, slots_L[None], EMPTY_POSITION)
+  logits_BxLxV, _ = model.apply(params, tokens_BxL, positions_BxL)
+  # Normalised in float32, gathered at the token that came next.
+  logprobs_BxLxV = jax.nn.log_softmax(logits_BxLxV[:, :-1].astype(jnp.float32), axis=-1)
+  next_BxL = jnp.take_along_axis(logprobs_BxLxV, tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+  return jnp.where(real_BxL, jnp.pad(next_BxL, ((0, 0), (1, 0))), 0.0)
+
+
+def score_solutions(model, params, sequences: list[list[int]], read_at: list[list[int]], *,
+                    batch_size: int = 64, min_length: int = 16,
+                    per_token=score_sequences) -> list[list[float]]:
   """Scores of each sequence at its `read_at` token indices (e.g. its step ends).
 
+  per_token: the jitted (model, params, tokens_BxL, lengths_B) -> [B, L] it reads:
+    `score_sequences` for a reward model, `token_logprobs` for a policy.
   Sequences are batched `batch_size` at a time in order of length (less padding),
   right-padded to a power-of-two length, so a whole split compiles a handful of
   programs. Results come back in the input order.
@@ -62,7 +81,7 @@ def score_solutions(model: RewardModel, params, sequences: list[list[int]],
     for row, i in enumerate(rows):
       tokens[row, :len(sequences[i])] = sequences[i]
       lengths[row] = len(sequences[i])
-    scores = np.asarray(score_sequences(model, params, tokens, lengths))
+    scores = np.asarray(per_token(model, params, tokens, lengths))
     for row, i in enumerate(rows):
       out[i] = scores[row, read_at[i]].tolist()
   return out
