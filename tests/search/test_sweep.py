@@ -119,7 +119,8 @@ def test_unknown_method_is_one_error_line(workdir):
   assert _errors(bad) == [
       "error: search_sweep: unknown search method 'beam4'; use best_of_n, beam_m<M>, "
       "beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] or rebase[_t<t>], any "
-      "but best_of_n optionally ending in _dedup, beam, lookahead and dvts in _vote"]
+      "but best_of_n optionally ending in _dedup, beam, lookahead and dvts in _vote, any "
+      "but best_of_n with _lik<w> before those endings"]
 
 
 def _record(uid, level, method, budget, correct, seed=0):

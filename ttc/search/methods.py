@@ -54,7 +54,7 @@ _LIKELIHOOD = re.compile(r"_lik(\d+(?:\.\d*)?|\.\d+)$")
 _VOTERS = ("beam", "beam_sqrt", "lookahead", "dvts")  # rule "top"
 _FORMS = ("best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] "
           "or rebase[_t<t>], any but best_of_n optionally ending in _dedup, beam, lookahead "
-          "and dvts in _vote, and before those, any but best_of_n in _lik<w>")
+          "and dvts in _vote, any but best_of_n with _lik<w> before those endings")
 
 
 def sqrt_width(num_rows: int) -> int:
