@@ -128,7 +128,8 @@ def with_step_likelihood(value_B, logprobs_BxG, lengths_B, weight: float):
   Siblings differ in the one step they just wrote, and whether its arithmetic is
   right is what a small PRM misses most (issue 18: its within-sibling AUROC was
   0.49); the policy's own confidence in the step ranks siblings of the paper labels'
-  held-out questions at 0.70 (0.84 where their labels differ by 0.8 or more).
+  held-out questions at 0.70 (0.84 where their labels differ by 0.8 or more), and the
+  test split's correct/wrong siblings at 0.89 (`evaluate_verifiers`).
   logprobs_BxG: float32 per token, 0 on padding (`sampling.Samples`); lengths_B int32.
   """
   value = jnp.clip(value_B.astype(jnp.float32), _EPS, 1 - _EPS)

@@ -5,7 +5,10 @@ prefix. The per-step cross-entropy of `reward_training` mostly rewards knowing h
 a question is (the labels of a question's steps move together), and a PRM trained on it
 alone ranked siblings at chance (within-sibling AUROC 0.49, issue 18) while its labels
 rank them at 0.89. `RewardTraining.sibling_weight` adds a Bradley-Terry loss on the
-pairs found here, which scores exactly the difference selection uses.
+pairs found here, which scores exactly the difference selection uses. On the paper
+labels it did not lift the held-out sibling ranking of a policy-sized PRM in 300 steps
+(issue 18); the policy's own step likelihood ranks siblings far better
+(`selection.with_step_likelihood`).
 
 Everything here is host-side numpy over `reward_training.Examples` arrays, except
 `loss`, which runs inside the jitted training step.
