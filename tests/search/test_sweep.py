@@ -117,10 +117,10 @@ def test_unknown_method_is_one_error_line(workdir):
   bad = _cli(workdir, "--gin.search_sweep.method_names=['beam4']", check=False)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert _errors(bad) == [
-      "error: search_sweep: unknown search method 'beam4'; use best_of_n, beam_m<M>, "
-      "beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] or rebase[_t<t>], any "
-      "but best_of_n optionally ending in _dedup, beam, lookahead and dvts in _vote, any "
-      "but best_of_n with _lik<w> before those endings"]
+      "error: search_sweep: unknown search method 'beam4'; use greedy, best_of_n, "
+      "beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] or "
+      "rebase[_t<t>], any step-by-step one optionally ending in _dedup, beam, lookahead and "
+      "dvts in _vote, any step-by-step one with _lik<w> before those endings"]
 
 
 def _record(uid, level, method, budget, correct, seed=0):
@@ -287,6 +287,37 @@ def test_constant_verifier_sweep_records_distinct_prefixes(policy_only, capsys):
   assert "distinct prefixes after round" in capsys.readouterr().out
   settings = json.loads((policy_only / "constant.settings.json").read_text())
   assert settings["verifier"] == "constant"
+
+
+def test_greedy_is_one_temperature_0_solution_at_every_budget_and_seed(policy_only,
+                                                                       monkeypatch):
+  """greedy samples at 0 whatever the sweep's temperature, and so equals best-of-1 run
+  at temperature 0; the other methods of the same sweep sample at its temperature."""
+  arith_task.register_arith_task(name="greedy_sweep", num_train_per_level=1,
+                                 num_eval_per_level=2, levels=[(1, 9), (2, 9)])
+  common = dict(task="greedy_sweep", verifier="constant", max_solution_tokens=24,
+                max_step_tokens=8, rows_per_batch=4)
+  temperatures = set()
+  run_batch = sweep.run_batch
+
+  def recording(programs, config, *args):
+    temperatures.add((config.num_rows, float(args[-1].temperature)))
+    return run_batch(programs, config, *args)
+
+  monkeypatch.setattr(sweep, "run_batch", recording)
+  sweep.search_sweep(str(policy_only), method_names=("greedy", "best_of_n"), budgets=(2, 4),
+                     seeds=(0, 1), temperature=0.7, results_file="greedy.jsonl", **common)
+  assert temperatures == {(1, 0.0), (2, np.float32(0.7)), (4, np.float32(0.7))}
+  sweep.search_sweep(str(policy_only), method_names=("best_of_n",), budgets=(1,),
+                     temperature=0.0, results_file="argmax.jsonl", **common)
+  argmax = {r["uid"]: r for r in results.read_results(str(policy_only / "argmax.jsonl"))}
+  records = [r for r in results.read_results(str(policy_only / "greedy.jsonl"))
+             if r["method"] == "greedy"]
+  assert len(records) == 4 * 2 * 2 and len(argmax) == 4
+  for r in records:
+    want = argmax[r["uid"]]
+    assert (r["rows"], r["generations"]) == (1, 1), r
+    assert (r["answer"], r["tokens_generated"]) == (want["answer"], want["tokens_generated"])
 
 
 @pytest.mark.parametrize("overrides", [dict(seeds=()), dict(budgets=()), dict(method_names=()),

@@ -186,7 +186,7 @@ def test_padding_problems_generate_nothing():
 
 
 @pytest.mark.parametrize("name,budget,rows,group,expand,k", [
-    ("best_of_n", 16, 16, 16, 1, 0), ("beam_m4", 16, 16, 16, 4, 0),
+    ("greedy", 16, 1, 1, 1, 0), ("best_of_n", 16, 16, 16, 1, 0), ("beam_m4", 16, 16, 16, 4, 0),
     ("beam_sqrt", 64, 64, 64, 8, 0), ("beam_sqrt", 32, 32, 32, 4, 0),
     ("lookahead_k3", 64, 16, 16, 4, 3), ("lookahead_k1", 4, 2, 2, 2, 1),
     ("lookahead_k3", 4, 1, 1, 1, 3),
@@ -228,6 +228,8 @@ def test_unknown_method_is_one_clear_error():
     methods.make_config("best_of_n_dedup", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="best_of_n_lik8: best-of-N has no selection rounds"):
     methods.make_config("best_of_n_lik8", 4, max_solution_tokens=8, max_step_tokens=4)
+  with pytest.raises(ValueError, match="greedy_dedup: greedy decoding has no selection"):
+    methods.make_config("greedy_dedup", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="unknown search method 'beam_m4_vote_lik8'"):
     methods.make_config("beam_m4_vote_lik8", 4, max_solution_tokens=8, max_step_tokens=4)
   with pytest.raises(ValueError, match="likelihood_weight=-1.0 must be >= 0"):

@@ -2,6 +2,9 @@
 
 A method is named in gin (`search_sweep.methods`) by a string:
 
+  greedy             one solution at temperature 0 (the policy's mode), at any budget
+                     (it records 1 generation): the reference that a search steered
+                     by the policy's likelihood tends to, and sampling must beat.
   best_of_n          N = budget independent solutions, weighted best-of-N.
   beam_m{M}          beam search, N = budget beams, keep N/M, expand each M ways.
   beam_sqrt          beam search with M = sqrt(N) (the largest divisor of N <= sqrt(N)).
@@ -19,7 +22,8 @@ A method is named in gin (`search_sweep.methods`) by a string:
 
 Any step-by-step method may end in `_dedup` (beam_m4_dedup, particles_t0.5_dedup):
 only the first copy of each distinct solution so far is a parent
-(`SearchConfig.dedup`); best-of-N selects nothing, so best_of_n_dedup is refused.
+(`SearchConfig.dedup`); best-of-N and greedy select nothing, so best_of_n_dedup is
+refused.
 Beam, lookahead and DVTS may end in `_vote` instead (beam_m4_vote): deduplicated,
 and each parent valued by the summed scores of its copies (`SearchConfig.vote`,
 weighted best-of-N's rule applied to every step).
@@ -41,6 +45,7 @@ from ttc.verifiers import scoring
 DEFAULT_LOOKAHEAD_WIDTH = 4
 _TEMPERATURE = r"(?:_t(\d+(?:\.\d*)?|\.\d+))?"
 _PATTERNS = (
+    ("greedy", re.compile(r"greedy")),
     ("best_of_n", re.compile(r"best_of_n")),
     ("beam", re.compile(r"beam_m(\d+)")),
     ("beam_sqrt", re.compile(r"beam_sqrt")),
@@ -52,9 +57,11 @@ _PATTERNS = (
 _SUFFIXES = ("_dedup", "_vote")
 _LIKELIHOOD = re.compile(r"_lik(\d+(?:\.\d*)?|\.\d+)$")
 _VOTERS = ("beam", "beam_sqrt", "lookahead", "dvts")  # rule "top"
-_FORMS = ("best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, particles[_t<t>] "
-          "or rebase[_t<t>], any but best_of_n optionally ending in _dedup, beam, lookahead "
-          "and dvts in _vote, any but best_of_n with _lik<w> before those endings")
+_WHOLE = ("greedy", "best_of_n")  # one generation per solution, no selection rounds
+_FORMS = ("greedy, best_of_n, beam_m<M>, beam_sqrt, lookahead_k<k>[_m<M>], dvts_m<M>, "
+          "particles[_t<t>] or rebase[_t<t>], any step-by-step one optionally ending in "
+          "_dedup, beam, lookahead and dvts in _vote, any step-by-step one with _lik<w> "
+          "before those endings")
 
 
 def sqrt_width(num_rows: int) -> int:
@@ -74,9 +81,10 @@ def parse(name: str) -> tuple[str, tuple[float, ...], str]:
   for kind, pattern in _PATTERNS:
     match = pattern.fullmatch(base)
     if match:
-      if suffix and kind == "best_of_n":
-        raise ValueError(f"{name}: best-of-N has no selection rounds, so nothing to "
-                         "deduplicate, vote on or weigh by likelihood; use best_of_n")
+      if suffix and kind in _WHOLE:
+        what = "best-of-N" if kind == "best_of_n" else "greedy decoding"
+        raise ValueError(f"{name}: {what} has no selection rounds, so nothing to "
+                         f"deduplicate, vote on or weigh by likelihood; use {kind}")
       if suffix.endswith("_vote") and kind not in _VOTERS:
         raise ValueError(f"{name}: {kind} already weighs every copy of a solution; "
                          f"_vote is for {', '.join(_VOTERS)}")
@@ -90,6 +98,12 @@ def likelihood_weight(suffix: str) -> float:
   """w of a `_lik{w}` in a method's suffix (`parse`), 0.0 without one."""
   match = re.match(r"_lik(\d+(?:\.\d*)?|\.\d+)", suffix)
   return float(match.group(1)) if match else 0.0
+
+
+def sampling_temperature(name: str, temperature: float) -> float:
+  """The temperature method `name` samples at: 0 for greedy, else `temperature` (the
+  sweep's)."""
+  return 0.0 if parse(name)[0] == "greedy" else temperature
 
 
 def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_tokens: int,
@@ -116,6 +130,8 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
     rule, temperature = kind, args[0] if args else 1.0
     if not temperature > 0:
       raise ValueError(f"{name}: the temperature must be > 0")
+  elif kind == "greedy":  # one row whatever the budget: temperature 0 makes copies equal
+    rows, group, expand = 1, 1, 1
   elif kind == "best_of_n":
     rows, group, expand = budget, budget, 1
   elif kind == "beam":
@@ -138,7 +154,7 @@ def make_config(name: str, budget: int, *, max_solution_tokens: int, max_step_to
     rows, group, expand = budget, width, width
   if expand < 1:
     raise ValueError(f"{name}: the beam width must be >= 1")
-  whole = kind == "best_of_n"
+  whole = kind in _WHOLE
   config = SearchConfig(
       num_rows=rows, group_size=group, expand=expand, lookahead_steps=lookahead,
       step_by_step=not whole, max_step_tokens=max_solution_tokens if whole else max_step_tokens,

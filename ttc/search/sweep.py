@@ -147,6 +147,7 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
   task: a `ttc.data.task.Task` (or a registered task name).
   policy: the checkpoint to search with ("" = this work dir's; a path or "smollm2").
   method_names: see `ttc.search.methods` (best_of_n, beam_m4, beam_sqrt, lookahead_k1, ...).
+  temperature: what every method samples at, but greedy (0).
   budgets: generation budgets N (k + 1); methods that cannot use a budget exactly
     (lookahead at 4 with k = 3 runs N = 1) record the generations they used.
   rows_per_batch: search rows (problems x N) per program run.
@@ -205,7 +206,8 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
         prm_dir=prm_dir, verifier=verifier, **loaded.describe()), epath.Path(path).exists(),
         "set search_sweep.results_file to a new name")
     programs = SearchPrograms(task_policy(task, loaded), prm, loaded.params, prm_params)
-    sampler = samplers.Temperature(jnp.float32(temperature))
+    sampler_of = {name: samplers.Temperature(jnp.float32(
+        methods.sampling_temperature(name, temperature))) for name in method_names}
     prompt_ids = {p.uid: loaded.codec.encode_prompt(task.prompt(p), task.chat)
                   for p in problems}
     todo = [(seed, name, budget) for seed in seeds for name in method_names for budget in budgets]
@@ -222,7 +224,7 @@ def search_sweep(workdir: str, task=gin.REQUIRED, policy: str = "", split: str =
           if multihost.owns(unit) and any(missing):
             rows = run_batch(programs, config, task, loaded.codec, batch,
                              [prompt_ids[p.uid] for p in batch],
-                             batch_key(seed, name, budget, index), sampler)
+                             batch_key(seed, name, budget, index), sampler_of[name])
             resumable.append_lines(own, [
                 {"uid": p.uid, "level": p.level, "method": name, "budget": budget,
                  "seed": seed, **row} for p, row, new in zip(batch, rows, missing) if new])
