@@ -22,8 +22,8 @@ A method is named in gin (`search_sweep.methods`) by a string:
 
 Any step-by-step method may end in `_dedup` (beam_m4_dedup, particles_t0.5_dedup):
 only the first copy of each distinct solution so far is a parent
-(`SearchConfig.dedup`); best-of-N and greedy select nothing, so best_of_n_dedup is
-refused.
+(`SearchConfig.dedup`); best-of-N and greedy select nothing, so best_of_n_dedup and
+greedy_dedup are refused.
 Beam, lookahead and DVTS may end in `_vote` instead (beam_m4_vote): deduplicated,
 and each parent valued by the summed scores of its copies (`SearchConfig.vote`,
 weighted best-of-N's rule applied to every step).
