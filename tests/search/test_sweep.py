@@ -150,6 +150,32 @@ def test_accuracy_table_averages_seeds_then_problems_and_plot_writes_a_png(tmp_p
   assert np.isfinite(table["beam"][4][1])
 
 
+def test_a_figure_of_many_methods_keeps_its_legend_inside_and_its_lines_apart():
+  """25 methods (search_imperfect.gin's sweep): every legend entry is drawn inside the
+  figure, and no two methods share both colour and line style."""
+  import matplotlib.pyplot as plt
+  names = [f"method_{i}_lik8_dedup" for i in range(25)]
+  records = [_record(u, level, name, budget, (i + budget + level) % 3 == 0)
+             for i, name in enumerate(names) for u, level in (("a", 1), ("b", 2))
+             for budget in (4, 16)]
+  fig = report.figure(records, title="many")
+  try:
+    fig.canvas.draw()
+    [legend] = fig.legends
+    inside = fig.bbox.padded(1)
+    for text in legend.get_texts():
+      box = text.get_window_extent()
+      assert inside.x0 <= box.x0 and box.x1 <= inside.x1, text.get_text()
+      assert inside.y0 <= box.y0 and box.y1 <= inside.y1, text.get_text()
+    assert sorted(t.get_text() for t in legend.get_texts()) == sorted(names)
+    for ax in fig.axes:  # legend rows sit below every panel
+      assert legend.get_window_extent().y1 <= ax.get_tightbbox().y0 + 1
+    looks = [(line.get_color(), line.get_linestyle()) for line in fig.axes[0].get_lines()]
+    assert len(looks) == 25 and len(set(looks)) == 25
+  finally:
+    plt.close(fig)
+
+
 def test_report_and_sweep_share_the_results_schema_not_each_other():
   imports = {}
   for module in (report, sweep):

@@ -14,12 +14,17 @@ from ttc import resumable
 from ttc.search import results
 
 
-def plot(records, path: str, title: str = "", group: str = "level",
-         overall: bool = True) -> None:
-  """Accuracy vs budget per method, overall and per level, with 95% bands, as a PNG.
+_PANEL_INCHES = 3.4
+_LEGEND_COLUMN_INCHES = 1.9  # fits a name such as beam_m4_lik8_dedup at font size 8
+_LEGEND_ROW_INCHES = 0.22
 
-  group: what the records' "level" field holds, in the panel titles (the report passes
-  difficulty bins in its place: "bin"); overall: a first panel over all records.
+
+def figure(records, title: str = "", group: str = "level", overall: bool = True):
+  """The matplotlib figure of `plot`: one panel per level (and overall), one line per
+  method with its 95% band, and a legend below in as many rows as the names need.
+
+  Colours come from a 20-colour map and each further 20 methods change the line style,
+  so no two methods share both.
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -28,24 +33,50 @@ def plot(records, path: str, title: str = "", group: str = "level",
   levels = sorted({r["level"] for r in records})
   panels = ([(f"all {group}s", None)] if overall else []) + [
       (f"{group} {lv}", lv) for lv in levels]
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), sharey=True,
+  methods = list(results.accuracy_table(records))
+  width = _PANEL_INCHES * len(panels)
+  columns = max(1, min(len(methods), int(width // _LEGEND_COLUMN_INCHES)))
+  legend_inches = _LEGEND_ROW_INCHES * -(-len(methods) // columns) + 0.15
+  height = _PANEL_INCHES + legend_inches
+  fig, axes = plt.subplots(1, len(panels), figsize=(width, height), sharey=True,
                            squeeze=False)
+  colours = plt.get_cmap("tab20").colors
+  styles = ("-", "--", ":", "-.")
   for ax, (name, level) in zip(axes[0], panels):
-    for method, row in results.accuracy_table(records, level).items():
+    table = results.accuracy_table(records, level)
+    for i, method in enumerate(methods):
+      if method not in table:
+        continue
+      row = table[method]
       budgets = list(row)
-      mean, low, high = (np.array([row[b][i] for b in budgets]) for i in range(3))
-      ax.plot(budgets, mean, marker="o", markersize=3, label=method)
-      ax.fill_between(budgets, low, high, alpha=0.15)
+      mean, low, high = (np.array([row[b][k] for b in budgets]) for k in range(3))
+      colour, style = colours[i % len(colours)], styles[(i // len(colours)) % len(styles)]
+      ax.plot(budgets, mean, marker="o", markersize=3, label=method, color=colour,
+              linestyle=style)
+      ax.fill_between(budgets, low, high, alpha=0.12, color=colour)
     ax.set_xscale("log", base=2)
     ax.set_title(name)
     ax.set_xlabel("generation budget")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("accuracy")
   handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+  fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
   if title:
     fig.suptitle(title)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
+  fig.tight_layout(rect=(0, legend_inches / height, 1, 1))  # the legend's rows below
+  return fig
+
+
+def plot(records, path: str, title: str = "", group: str = "level",
+         overall: bool = True) -> None:
+  """Accuracy vs budget per method, overall and per level, with 95% bands, as a PNG.
+
+  group: what the records' "level" field holds, in the panel titles (the report passes
+  difficulty bins in its place: "bin"); overall: a first panel over all records.
+  """
+  import matplotlib.pyplot as plt
+
+  fig = figure(records, title, group, overall)
   resumable.save_figure(fig, path)
   plt.close(fig)
 
