@@ -1,6 +1,7 @@
 """The driver: bad input ends in one `error:` line and exit code 2, no traceback."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -125,3 +126,26 @@ def test_every_config_parses_with_the_driver(config):
     main.parse_config([config], [], [])
   finally:
     gin.clear_config()
+
+
+_CRASH = """
+import ctypes, sys, gin
+@gin.configurable
+def crash_on_purpose(workdir):
+  ctypes.string_at(0)  # reads address 0: SIGSEGV
+from ttc import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_a_native_crash_prints_the_python_stack(tmp_path):
+  """A segfault mid-stage (as one in XLA or a CPU kernel) leaves the stage's Python
+  stack on stderr, so a killed sweep says where it was."""
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  crashed = subprocess.run([sys.executable, "-c", _CRASH, QUICK,
+                            "--gin.run.stages=[@crash_on_purpose]",
+                            f"--gin.WORKDIR='{tmp_path}'"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert crashed.returncode == -signal.SIGSEGV, crashed.stderr[-2000:]
+  assert "Fatal Python error: Segmentation fault" in crashed.stderr
+  assert "in crash_on_purpose" in crashed.stderr and "in run" in crashed.stderr

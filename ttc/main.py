@@ -10,6 +10,7 @@ each a gin configurable called with the work dir; the resolved config is written
 `<workdir>/config.gin` before and `<workdir>/operative_config.gin` after.
 """
 
+import faulthandler
 import os
 import sys
 
@@ -108,6 +109,9 @@ def parse_config(files, bindings, paths):
 
 
 def main(argv):
+  # A crash in native code (XLA, the CPU kernels) would otherwise end a long sweep with
+  # no word of where it was; this prints every thread's Python stack to stderr first.
+  faulthandler.enable()
   try:
     files, bindings, paths = parse_flags(argv)
   except ValueError as e:
